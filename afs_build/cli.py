@@ -1,0 +1,175 @@
+"""The ``afs`` command: validate manifests and specs, plan a build, run it.
+
+User mistakes print as ``FILE:LINE:COL: key.path: message`` lines and exit 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import AfsError, Problem
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AfsError as err:
+        print(err.render(), file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="afs", description="Turn data into small specialist "
+                                     "language models that run on your own machine.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"afs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check manifests (YAML) and JSON Schemas; print every problem")
+    p.add_argument("files", nargs="*", default=["afs.yaml"], metavar="FILE",
+                   help="manifests (.yaml/.yml) or schemas (specs/*.json); default afs.yaml")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="which tasks would run and why, with training time and cost")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("--hardware", action="append", default=[], metavar="[SPECIALIST=]NAME",
+                   help="price training on other hardware from the manifest (repeatable)")
+    p.add_argument("--all", action="store_true", help="list up-to-date tasks too")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("build", help="run doit on a manifest (arguments after -- go to doit)")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("doit_args", nargs=argparse.REMAINDER, help="doit options and task names")
+    p.set_defaults(func=cmd_build)
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .manifest import load
+
+    failed = False
+    for name in args.files:
+        path = Path(name)
+        try:
+            if path.suffix == ".json":
+                what = _validate_schema_file(path)
+            else:
+                manifest = load(path)
+                what = (f"{len(manifest.specialists)} specialists, {len(manifest.sources)} sources, "
+                        f"{len(manifest.mixes)} mixes")
+            print(f"{name}: valid ({what})")
+        except AfsError as err:
+            failed = True
+            print(err.render(), file=sys.stderr)
+    return EXIT_INVALID if failed else 0
+
+
+def _validate_schema_file(path: Path) -> str:
+    """A JSON Schema file must parse and be valid against its metaschema (draft 2020-12)."""
+    import jsonschema
+
+    from .yamlload import read_text
+
+    text = read_text(path)
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AfsError(problems=[Problem(str(path), err.lineno, err.colno, "", f"JSON syntax error: {err.msg}")]) from None
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as err:
+        where = ".".join(str(p) for p in err.absolute_path)
+        raise AfsError(problems=[Problem(str(path), 1, 1, where, f"not a valid JSON Schema "
+                                         f"(draft 2020-12): {err.message}")]) from None
+    return "JSON Schema, draft 2020-12"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import plan
+    from .manifest import load
+
+    manifest = load(args.manifest)
+    override = _hardware_override(manifest, args.hardware)
+    tasks = plan.task_plans(manifest)
+    costs = plan.training_costs(manifest, override)
+    if args.json:
+        print(json.dumps({
+            "tasks": [{"name": t.name, "runs": t.runs, "reasons": list(t.reasons)} for t in tasks],
+            "training": [{"specialist": c.specialist, "hardware": c.hardware, "gpu": c.gpu,
+                          "count": c.count, "tokens": c.estimate.tokens,
+                          "tokens_from": c.estimate.tokens_source,
+                          "tokens_per_second": round(c.estimate.tokens_per_second, 1),
+                          "hours": round(c.estimate.hours, 4),
+                          "price_per_hour": c.estimate.price_per_hour,
+                          "cost": round(c.estimate.cost, 4)} for c in costs],
+            "total": {"hours": round(sum(c.estimate.hours for c in costs), 4),
+                      "cost": round(sum(c.estimate.cost for c in costs), 4)},
+        }, indent=2))
+        return 0
+    running = [t for t in tasks if t.runs]
+    print(f"{manifest.file.name}: {len(running)} of {len(tasks)} tasks would run")
+    for t in tasks:
+        if t.runs or args.all:
+            print(f"  {'run ' if t.runs else 'ok  '} {t.name:<28} {'; '.join(t.reasons) or 'up to date'}")
+    if costs:
+        print("\nTraining (estimates; tokens from the built mix where it exists):")
+        for c in costs:
+            e = c.estimate
+            print(f"  {c.title}: ${e.price_per_hour:.3f}/hr × {_hours(e.hours)} = ${e.cost:.2f}"
+                  f"   ({c.gpu} ×{c.count} on {c.hardware}, {e.tokens:,} tokens × "
+                  f"{manifest.specialists[c.specialist].epochs:g} epochs from {e.tokens_source}, "
+                  f"~{e.tokens_per_second:,.0f} tokens/s)")
+        total = sum(c.estimate.cost for c in costs)
+        local = sum(c.estimate.hours for c in costs if manifest.hardware[c.hardware].backend == "local")
+        rented = [c.estimate.hours for c in costs if manifest.hardware[c.hardware].backend != "local"]
+        print(f"\nTotal: ${total:.2f} per training session (all {len(costs)} models); about "
+              f"{_hours(local + max(rented, default=0))} of wall time (local training runs one "
+              f"at a time, rented GPUs in parallel with doit -n)")
+    return 0
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.1f}hr" if hours >= 1 else f"{hours * 60:.0f}min" if hours * 60 >= 1 else f"{hours * 3600:.0f}s"
+
+
+def _hardware_override(manifest, values: list[str]) -> dict[str, str]:
+    from .errors import one_of, suggest
+
+    out: dict[str, str] = {}
+    for value in values:
+        who, _, hw = value.rpartition("=")
+        who = who or "*"
+        if hw not in manifest.hardware:
+            raise AfsError(f"afs plan --hardware {value}: unknown hardware {hw!r}; expected one of: "
+                           f"{one_of(manifest.hardware)}{suggest(hw, manifest.hardware)}")
+        if who != "*" and who not in manifest.specialists:
+            raise AfsError(f"afs plan --hardware {value}: unknown specialist {who!r}; expected one "
+                           f"of: {one_of(manifest.specialists)}{suggest(who, manifest.specialists)}")
+        out[who] = hw
+    return out
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    from . import graph
+    from .manifest import load
+
+    manifest = load(args.manifest)
+    extra = [a for a in args.doit_args if a != "--"]
+    return DoitMain(ModuleTaskLoader(graph.namespace(manifest))).run(extra)

@@ -1,0 +1,74 @@
+"""Memory, time and cost estimates for LoRA training: rough, stated as such, and cheap.
+
+Throughput is tokens per second for LoRA on a 1B-parameter model, scaled by model size. GPU
+figures are derived, not measured: dense bf16 (fp32 where the card has no tensor cores) peak
+FLOP/s x 35% utilisation / (6 x parameters) FLOPs per token. The CPU figure was measured on the
+2-core machine CI runs on (SmolLM2-135M, about 150 tokens/s, so 20 for 1B). A hardware entry's
+``tokens_per_second`` replaces the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 2**30
+
+# LoRA training tokens/s for a 1B-parameter model, by SkyPilot accelerator name (upper case).
+THROUGHPUT_1B = {
+    "CPU": 20.0,
+    "H200": 60_000.0, "H100": 57_000.0, "A100-80GB": 18_000.0, "A100": 18_000.0,
+    "L40S": 21_000.0, "L4": 7_000.0, "A10G": 7_300.0, "A10": 7_300.0, "V100": 7_300.0, "T4": 3_200.0,
+    "RTX4090": 9_600.0, "RTX4080": 5_600.0, "RTX3090": 4_100.0, "RTX3080": 3_500.0,
+    "RTX3070": 2_400.0, "RTX3060": 3_000.0, "RTX2080TI": 3_200.0,
+    "TITANXP": 1_000.0, "GTX1080TI": 1_000.0, "GTX1080": 740.0,
+}
+# A card not in the table: assume an older consumer GPU rather than promise too much.
+UNKNOWN_GPU_1B = 1_000.0
+MULTI_GPU_EFFICIENCY = 0.9
+
+BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "8bit": 1.1, "4bit": 0.6}
+# Optimizer state, LoRA weights, activations at small batch and the runtime: 20% of the
+# weights plus 1.5 GiB. Deliberately simple; the message says it is an estimate.
+OVERHEAD_FRACTION = 0.2
+OVERHEAD_GIB = 1.5
+
+
+def weight_precision(base_precision: str, is_cpu: bool) -> str:
+    """The precision the frozen base weights are held in while training."""
+    if base_precision == "auto":
+        return "float32" if is_cpu else "bfloat16"
+    return base_precision
+
+
+def lora_memory_gib(params_b: float, precision: str) -> float:
+    """Estimated memory per device for LoRA training of a `params_b`-billion model."""
+    weights = params_b * 1e9 * BYTES_PER_PARAM[precision] / GIB
+    return weights * (1 + OVERHEAD_FRACTION) + OVERHEAD_GIB
+
+
+def throughput(gpu: str, count: int, params_b: float, override_1b: float | None = None) -> float:
+    """Estimated training tokens/s on `count` of `gpu` for a `params_b`-billion model."""
+    per_1b = override_1b or THROUGHPUT_1B.get(gpu.upper().replace(" ", ""), UNKNOWN_GPU_1B)
+    scale = count * (MULTI_GPU_EFFICIENCY if count > 1 else 1.0)
+    return per_1b * scale / max(params_b, 1e-3)
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """What one specialist's training is expected to take and cost."""
+
+    tokens: int
+    tokens_source: str  # "estimate" (from the mix's size) or "data" (from the built mix)
+    tokens_per_second: float
+    hours: float
+    price_per_hour: float
+
+    @property
+    def cost(self) -> float:
+        return self.hours * self.price_per_hour
+
+
+def training(tokens: int, epochs: float, tps: float, overhead_minutes: float, price: float,
+             tokens_source: str = "estimate") -> TrainingEstimate:
+    hours = tokens * epochs / tps / 3600 + overhead_minutes / 60
+    return TrainingEstimate(tokens, tokens_source, tps, hours, price)

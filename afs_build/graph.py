@@ -1,0 +1,160 @@
+"""The build graph: stage list, doit wiring and content-based up-to-date checks.
+
+Each stage module exposes ``tasks(manifest) -> Iterator[dict]``: pure functions of the
+manifest that yield doit task dicts named ``<stage>:<name>``. They do no I/O beyond file stats.
+:func:`namespace` turns the stage list into what ``dodo.py`` hands to doit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .manifest import Manifest, plain
+from .paths import Layout
+from .stages import ingest, mix, score
+
+# The pipeline in order. Each later issue appends its stage here.
+STAGES = (ingest, score, mix)
+
+
+class SliceChanged:
+    """doit ``uptodate``: true while the manifest slice a task reads is unchanged.
+
+    Like ``doit.tools.config_changed``, but several may sit on one task, each is labelled (so
+    ``afs plan`` can say which slice changed) and values are made JSON-ready first.
+    """
+
+    def __init__(self, label: str, value):
+        self.label = label
+        self.value = plain(value)
+        self.digest = hashlib.sha256(json.dumps(self.value, sort_keys=True).encode()).hexdigest()
+
+    def configure_task(self, task) -> None:
+        task.value_savers.append(lambda: {f"slice:{self.label}": self.digest})
+
+    def __call__(self, task, values) -> bool:
+        return values.get(f"slice:{self.label}") == self.digest
+
+    def __repr__(self) -> str:
+        return f"SliceChanged({self.label!r})"
+
+
+class TreeChanged:
+    """doit ``uptodate``: true while the content of a set of files is unchanged.
+
+    For inputs that are a folder (a codebase) rather than a fixed list of files. Hashes are
+    reused while a file's size and mtime are unchanged, so a no-op check costs only stats;
+    a touched but unchanged file re-hashes to the same digest and rebuilds nothing.
+    """
+
+    def __init__(self, label: str, list_files: Callable[[], Iterable[Path]], root: Path):
+        self.label = label
+        self.list_files = list_files
+        self.root = root
+        self.state: dict = {}
+
+    def configure_task(self, task) -> None:
+        task.value_savers.append(lambda: {f"tree:{self.label}": self.state})
+
+    def __call__(self, task, values) -> bool:
+        previous = values.get(f"tree:{self.label}") or {}
+        known = previous.get("files", {})
+        files: dict[str, list] = {}
+        for path in sorted(self.list_files()):
+            stat = path.stat()
+            rel = path.relative_to(self.root).as_posix()
+            old = known.get(rel)
+            if old and old[0] == stat.st_size and old[1] == stat.st_mtime_ns:
+                files[rel] = old
+            else:
+                files[rel] = [stat.st_size, stat.st_mtime_ns, file_digest(path)]
+        digest = hashlib.sha256(json.dumps([[k, v[2]] for k, v in files.items()]).encode()).hexdigest()
+        self.state = {"digest": digest, "files": files}
+        return previous.get("digest") == digest
+
+    def __repr__(self) -> str:
+        return f"TreeChanged({self.label!r})"
+
+
+def file_digest(path: Path) -> str:
+    """Content digest of one file (xxh3-128: fast, and only compared with itself)."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def all_tasks(manifest: Manifest) -> Iterator[dict]:
+    """Every task of every stage, in pipeline order."""
+    for stage in STAGES:
+        yield from stage.tasks(manifest)
+
+
+def namespace(manifest: Manifest) -> dict:
+    """The names ``dodo.py`` exports: one ``task_<stage>`` group per stage and DOIT_CONFIG."""
+    layout = Layout.of(manifest)
+    names: dict = {
+        "DOIT_CONFIG": {
+            "dep_file": str(layout.state_db),
+            "backend": "json",
+            "check_file_uptodate": "md5",  # content, not mtime: a touched file is not a change
+            "verbosity": 2,
+            "action_string_formatting": "new",
+            "subtasks": True,  # `doit list` shows every task, not only the stage groups
+            "sort": "definition",
+        }
+    }
+    for stage in STAGES:
+        names[f"task_{stage.NAME}"] = _group(stage, manifest)
+    return names
+
+
+def _group(stage, manifest: Manifest) -> Callable:
+    def task_group():
+        for task in stage.tasks(manifest):
+            task = dict(task)
+            task["name"] = task["name"].split(":", 1)[1]  # doit prefixes the group name
+            yield task
+
+    task_group.__doc__ = stage.__doc__.strip().splitlines()[0]
+    task_group.__name__ = f"task_{stage.NAME}"
+    return task_group
+
+
+def dodo_namespace() -> dict:
+    """What ``dodo.py`` exports; a manifest error becomes doit's own one-line ERROR."""
+    from doit.exceptions import InvalidDodoFile
+
+    from .errors import AfsError
+    from .manifest import load
+
+    try:
+        manifest = load(manifest_path())
+    except AfsError as err:
+        raise InvalidDodoFile(f"invalid manifest\n{err}") from None
+    return namespace(manifest)
+
+
+def manifest_path() -> Path:
+    """The manifest doit builds: ``$AFS_MANIFEST``, else ``afs.yaml``, from where doit started.
+
+    doit moves into the dodo file's folder before loading it; relative paths are taken from
+    the folder the user ran doit in.
+    """
+    from doit import loader
+
+    start = Path(loader.initial_workdir or os.getcwd())
+    path = Path(os.environ.get("AFS_MANIFEST", "afs.yaml"))
+    if path.is_absolute():
+        return path
+    try:
+        return path if start.samefile(os.getcwd()) else start / path
+    except OSError:
+        return start / path

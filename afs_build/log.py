@@ -1,0 +1,148 @@
+"""Logging: JSON lines under the build folder, readable lines and progress bars on the console.
+
+Every record carries the run id, the task, the specialist (where there is one) and, for the
+end of a step, its duration. Secrets never reach a log: values of environment variables whose
+names look secret, and strings shaped like API keys, are replaced before a record is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import logging.handlers
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+LOGGER = "afs"
+MAX_BYTES = 5 * 2**20
+BACKUPS = 5
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+SECRET_SHAPE = re.compile(
+    r"\b(sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,})\b")
+REDACTED = "[redacted]"
+
+
+def run_id() -> str:
+    """One id per build: inherited through ``AFS_RUN_ID`` by every process of the run."""
+    value = os.environ.get("AFS_RUN_ID")
+    if not value:
+        value = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        os.environ["AFS_RUN_ID"] = value
+    return value
+
+
+def redact(text: str) -> str:
+    """`text` with secret-looking values replaced."""
+    for name, value in os.environ.items():
+        if value and len(value) >= 8 and SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, REDACTED)
+    return SECRET_SHAPE.sub(REDACTED, text)
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """One JSON object per record, secrets redacted."""
+
+    FIELDS = ("task", "specialist", "source", "duration_s", "count")
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "run": run_id(),
+            "event": record.getMessage(),
+        }
+        for key in self.FIELDS:
+            event[key] = getattr(record, key, None)
+        extra = getattr(record, "data", None)
+        if extra:
+            event["data"] = extra
+        return redact(json.dumps(event, ensure_ascii=False, default=str))
+
+
+def setup(log_file: Path, *, console: bool = True) -> logging.Logger:
+    """Attach the rotating JSON-lines file handler (once per file) and a console handler."""
+    logger = logging.getLogger(LOGGER)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    log_file = Path(log_file)
+    if not any(getattr(h, "baseFilename", None) == str(log_file.absolute()) for h in logger.handlers):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=MAX_BYTES,
+                                                       backupCount=BACKUPS, encoding="utf-8")
+        handler.setFormatter(JsonLinesFormatter())
+        logger.addHandler(handler)
+    if console and not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    return logger
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    def format(self, record: logging.LogRecord) -> str:
+        where = getattr(record, "task", None)
+        text = record.getMessage()
+        return redact(f"[{where}] {text}" if where else text)
+
+
+def event(message: str, *, task: str | None = None, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one event; known fields become top-level keys, the rest go under ``data``."""
+    known = {k: fields.pop(k) for k in list(fields) if k in JsonLinesFormatter.FIELDS}
+    logging.getLogger(LOGGER).log(level, message, extra={"task": task, **known, "data": fields or None})
+
+
+@contextlib.contextmanager
+def step(task: str, message: str, **fields: Any) -> Iterator[dict]:
+    """Log the start and the end (with its duration) of a step; the yielded dict adds fields."""
+    started = time.perf_counter()
+    event(f"{message}: start", task=task, **fields)
+    extra: dict = {}
+    try:
+        yield extra
+    except Exception as err:
+        event(f"{message}: failed: {err}", task=task, level=logging.ERROR,
+              duration_s=round(time.perf_counter() - started, 3), **fields)
+        raise
+    event(f"{message}: done", task=task, duration_s=round(time.perf_counter() - started, 3),
+          **fields, **extra)
+
+
+def progress(description: str, total: int | None = None):
+    """A rich progress bar on a terminal (silent elsewhere), as a context manager.
+
+    Use ``with progress("converting", total) as advance: advance(n)``.
+    """
+    return _Progress(description, total)
+
+
+class _Progress:
+    def __init__(self, description: str, total: int | None):
+        self.description = description
+        self.total = total
+        self._bar = None
+
+    def __enter__(self):
+        import sys
+
+        if sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                                       TextColumn, TimeElapsedColumn)
+
+            self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+            self._bar.start()
+            self._id = self._bar.add_task(self.description, total=self.total)
+        return self.advance
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._id, n)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,373 @@
+"""The manifest as frozen dataclasses, parsed once from ``afs.yaml`` and passed explicitly.
+
+:func:`load` reads the YAML (with positions), validates it against
+``specs/manifest.schema.json``, fills defaults from the schema, runs the cross-reference checks
+of :mod:`afs_build.checks`, and only then builds a :class:`Manifest`. Every user mistake comes
+out as one :class:`~afs_build.errors.ManifestError` listing all problems found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from . import checks, schema, yamlload
+from .errors import ManifestError
+
+SCHEMA = "manifest.schema.json"
+
+
+class FrozenMap(Mapping):
+    """An immutable, hashable, picklable mapping with a stable (insertion) order."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping | None = None):
+        object.__setattr__(self, "_data", dict(data or {}))
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._data.items()))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def __reduce__(self):
+        return (FrozenMap, (self._data,))
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    description: str
+    seed: int
+    build_dir: str
+
+
+@dataclass(frozen=True)
+class Teacher:
+    base_url: str
+    model: str
+    api_key_env: Optional[str]
+    temperature: float
+    max_tokens: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    hub: Optional[str]
+    revision: str
+    path: Optional[str]
+    embedded: Optional[str]
+    params_b: Optional[float]
+    description: str
+
+    @property
+    def kind(self) -> str:
+        """``hub``, ``path`` or ``embedded``."""
+        return "hub" if self.hub else "path" if self.path else "embedded"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    backend: str
+    gpu: str
+    count: int
+    vram_gb: float
+    price_per_hour: float
+    infra: Optional[str]
+    spot: bool
+    tokens_per_second: Optional[float]
+    overhead_minutes: float
+    description: str
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.gpu.lower() == "cpu"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data source; `settings` holds the keys its kind takes (see the schema)."""
+
+    name: str
+    kind: str
+    description: str
+    license: Optional[str]
+    max_chars: int
+    settings: FrozenMap
+
+    def input_paths(self) -> tuple[str, ...]:
+        """The manifest-relative files (or folder) this source reads."""
+        s = self.settings
+        if self.kind == "codesearchnet":
+            return tuple(s["paths"])
+        if self.kind == "synthetic":
+            return (s["facts"], s["templates"])
+        return (s["path"],) if s.get("path") else ()
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    share: float
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Mix:
+    name: str
+    groups: tuple[Group, ...]
+    samples: Optional[int]
+    tokens: Optional[int]
+    eval_fraction: float
+    shortfall: str
+    upsample_cap: float
+    avg_tokens: int
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every source the mix reads, in order, once."""
+        return tuple(dict.fromkeys(s for g in self.groups for s in g.sources))
+
+
+@dataclass(frozen=True)
+class Lora:
+    r: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float
+    top_p: float
+    max_tokens: int
+    repeat_penalty: float
+
+
+@dataclass(frozen=True)
+class Specialist:
+    name: str
+    role: str
+    description: str
+    version: int
+    base: str
+    train: bool
+    mix: Optional[str]
+    hardware: Optional[str]
+    system_prompt: str
+    lora: Lora
+    epochs: float
+    learning_rate: float
+    batch_size: int
+    grad_accum: int
+    max_seq_len: int
+    warmup_ratio: float
+    packing: bool
+    gradient_checkpointing: bool
+    checkpoint_every: int
+    base_precision: str
+    quantize: tuple[str, ...]
+    serve_quant: Optional[str]
+    port: int
+    context_length: int
+    sampling: Sampling
+
+    @property
+    def title(self) -> str:
+        """``Majora v1`` for display."""
+        return f"{self.name.capitalize()} v{self.version}"
+
+
+@dataclass(frozen=True)
+class Quality:
+    threshold: float
+    weights: FrozenMap
+
+
+@dataclass(frozen=True)
+class Dedup:
+    exact: bool
+    near: bool
+    threshold: float
+    num_perm: int
+    shingle: int
+    decontaminate: bool
+
+
+@dataclass(frozen=True)
+class Deploy:
+    host: str
+    lmstudio_dir: str
+    publisher: str
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_score: float
+    min_tokens_per_second: float
+
+
+@dataclass(frozen=True)
+class Eval:
+    suite: Optional[str]
+    judges: tuple[str, ...]
+    max_questions: Optional[int]
+    thresholds: Thresholds
+
+
+@dataclass(frozen=True)
+class Site:
+    title: str
+    dir: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The whole manifest. `file` is the manifest's path; `root` the folder paths are relative to."""
+
+    file: Path
+    root: Path
+    digest: str
+    project: Project
+    models: FrozenMap  # name -> Model
+    hardware: FrozenMap  # name -> Hardware
+    sources: FrozenMap  # name -> Source
+    quality: Quality
+    dedup: Dedup
+    mixes: FrozenMap  # name -> Mix
+    specialists: FrozenMap  # name -> Specialist
+    deploy: Deploy
+    eval: Eval
+    site: Site
+
+    def resolve(self, relative: str) -> Path:
+        """A manifest-relative path (``~`` expanded) as an absolute path."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def trained(self) -> tuple[Specialist, ...]:
+        """Specialists that are fine-tuned (not served as they are)."""
+        return tuple(s for s in self.specialists.values() if s.train)
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def _build(cls: type, data: Mapping, **extra: Any):
+    """Instantiate dataclass `cls` from a schema-valid, defaulted mapping."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = dict(extra)
+    for field in dataclasses.fields(cls):
+        if field.name in kwargs:
+            continue
+        kwargs[field.name] = _convert(hints[field.name], data[field.name])
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return _build(hint, value)
+    if typing.get_origin(hint) is tuple:
+        return tuple(value)
+    if hint is FrozenMap:
+        return FrozenMap(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(hint) is typing.Union and float in typing.get_args(hint) and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _named(cls: type, section: Mapping, convert=None) -> FrozenMap:
+    return FrozenMap({name: (convert or (lambda n, d: _build(cls, d, name=n)))(name, body)
+                      for name, body in section.items()})
+
+
+def _source(name: str, body: Mapping) -> Source:
+    common = {"kind", "description", "license", "max_chars"}
+    settings = {k: (tuple(v) if isinstance(v, list) else FrozenMap(v) if isinstance(v, dict) else v)
+                for k, v in body.items() if k not in common}
+    return Source(name=name, kind=body["kind"], description=body["description"],
+                  license=body["license"], max_chars=body["max_chars"], settings=FrozenMap(settings))
+
+
+def _mix(name: str, body: Mapping) -> Mix:
+    groups = tuple(Group(g, float(v["share"]), tuple(v["sources"])) for g, v in body["groups"].items())
+    return _build(Mix, body, name=name, groups=groups)
+
+
+def from_data(data: Mapping, file: Path, digest: str = "") -> Manifest:
+    """Build the dataclasses from schema-valid, defaulted data."""
+    return Manifest(
+        file=file, root=file.parent, digest=digest,
+        project=_build(Project, data["project"]),
+        models=_named(Model, data["models"]),
+        hardware=_named(Hardware, data["hardware"]),
+        sources=_named(Source, data["sources"], _source),
+        quality=_build(Quality, data["quality"]),
+        dedup=_build(Dedup, data["dedup"]),
+        mixes=_named(Mix, data["mixes"], _mix),
+        specialists=_named(Specialist, data["specialists"]),
+        deploy=_build(Deploy, data["deploy"]),
+        eval=_build(Eval, data["eval"]),
+        site=_build(Site, data["site"]),
+    )
+
+
+def load(path: str | Path) -> Manifest:
+    """Read, validate and build the manifest at `path`; raises ManifestError with every problem."""
+    file = Path(path).absolute()
+    shown = Path(path)
+    raw, positions = yamlload.load_yaml(shown)
+    if not isinstance(raw, dict):
+        raise ManifestError(problems=[positions.problem((), f"expected a mapping of sections "
+                            f"(project, models, specialists, ...), got {schema._describe(raw)}")])
+    problems = schema.schema_problems(raw, SCHEMA, positions)
+    if problems:
+        raise ManifestError(problems=problems)
+    data = schema.apply_defaults(raw, schema.load_schema(SCHEMA), schema.load_schema(SCHEMA))
+    problems = checks.cross_problems(data, positions, file.parent)
+    if problems:
+        raise ManifestError(problems=problems)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return from_data(data, file, digest)
+
+
+# --- slices ---------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy of a manifest value (dataclasses, FrozenMaps and tuples included)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,98 @@
+"""Where every artifact lives: the only module that computes build paths.
+
+Everything goes under the project's build folder (``project.build_dir``)::
+
+    build/
+      .doit.db                      doit's state
+      logs/afs.jsonl                JSON-lines log (rotated by size)
+      data/ingest/<source>/         samples.jsonl, rejects.jsonl, meta.json
+      data/score/<source>/          samples.jsonl, rejects.jsonl, meta.json
+      data/mix/<specialist>/        train.jsonl, eval.jsonl, stats.json, rejects.jsonl
+      specialists/<specialist>/     everything one specialist's later stages write
+
+Names are validated as safe slugs before they get here, so joining them is safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .manifest import Manifest
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """The files one data task writes: samples, rejects and a small sidecar."""
+
+    folder: Path
+
+    @property
+    def samples(self) -> Path:
+        return self.folder / "samples.jsonl"
+
+    @property
+    def rejects(self) -> Path:
+        return self.folder / "rejects.jsonl"
+
+    @property
+    def meta(self) -> Path:
+        return self.folder / "meta.json"
+
+
+@dataclass(frozen=True)
+class MixFiles:
+    """The files ``mix:<specialist>`` writes."""
+
+    folder: Path
+
+    @property
+    def train(self) -> Path:
+        return self.folder / "train.jsonl"
+
+    @property
+    def eval(self) -> Path:
+        return self.folder / "eval.jsonl"
+
+    @property
+    def stats(self) -> Path:
+        return self.folder / "stats.json"
+
+    @property
+    def rejects(self) -> Path:
+        return self.folder / "rejects.jsonl"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The build folder's layout for one manifest."""
+
+    build: Path
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "Layout":
+        return cls(manifest.resolve(manifest.project.build_dir))
+
+    @property
+    def state_db(self) -> Path:
+        return self.build / ".doit.db"
+
+    @property
+    def log_file(self) -> Path:
+        return self.build / "logs" / "afs.jsonl"
+
+    def ingest(self, source: str) -> StageFiles:
+        return StageFiles(self.build / "data" / "ingest" / source)
+
+    def score(self, source: str) -> StageFiles:
+        return StageFiles(self.build / "data" / "score" / source)
+
+    def mix(self, specialist: str) -> MixFiles:
+        return MixFiles(self.build / "data" / "mix" / specialist)
+
+    def specialist(self, name: str) -> Path:
+        return self.build / "specialists" / name
+
+    def cache(self, kind: str) -> Path:
+        """Shared caches (teacher answers, converted base models), keyed by content inside."""
+        return self.build / "cache" / kind

@@ -1,0 +1,1 @@
+"""Pipeline stages: one module each, exposing ``NAME`` and ``tasks(manifest)``."""

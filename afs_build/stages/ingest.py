@@ -1,0 +1,130 @@
+"""Convert each data source into canonical samples (ingest:<source>)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from .. import log
+from ..atomic import write_json
+from ..errors import StageError
+from ..manifest import Manifest, Source, plain
+from ..paths import Layout
+from .common import write_records
+
+NAME = "ingest"
+# Bump when a converter's output changes for the same input: every source re-ingests.
+CONVERTER_VERSION = 1
+
+
+def tasks(manifest: Manifest) -> Iterator[dict]:
+    from ..graph import SliceChanged, TreeChanged
+
+    layout = Layout.of(manifest)
+    for source in manifest.sources.values():
+        files = layout.ingest(source.name)
+        uptodate: list = [SliceChanged(f"sources.{source.name}",
+                                       {"source": source, "converter": CONVERTER_VERSION})]
+        file_dep: list[str] = []
+        if source.kind == "codebase":
+            root = manifest.resolve(source.settings["path"])
+            uptodate.append(TreeChanged(f"sources.{source.name}", _codebase_lister(source, root), root))
+        elif source.kind == "custom" and source.settings.get("hub"):
+            pass  # a hub dataset is identified by its id (in the slice); no local file
+        else:
+            file_dep = [str(manifest.resolve(p)) for p in source.input_paths()]
+        yield {
+            "name": f"{NAME}:{source.name}",
+            "doc": f"Convert {source.kind} source {source.name!r} into canonical samples.",
+            "actions": [(run, [manifest, source.name])],
+            "file_dep": file_dep,
+            "targets": [str(files.samples), str(files.rejects), str(files.meta)],
+            "uptodate": uptodate,
+            "clean": True,
+        }
+
+
+def _codebase_lister(source: Source, root: Path):
+    from ..data import codebase
+
+    s = source.settings
+    return _Lister(codebase.iter_files, root, tuple(s["include"]), tuple(s["exclude"]),
+                   s["respect_gitignore"])
+
+
+class _Lister:
+    """A picklable call of the codebase walker (doit may send tasks to other processes)."""
+
+    def __init__(self, walk, root, include, exclude, respect_gitignore):
+        self.walk, self.root = walk, root
+        self.include, self.exclude, self.gitignore = include, exclude, respect_gitignore
+
+    def __call__(self):
+        return self.walk(self.root, include=self.include, exclude=self.exclude,
+                         respect_gitignore=self.gitignore)
+
+
+def records(manifest: Manifest, source: Source, layout: Layout):
+    """The converter's record stream for `source`."""
+    s = source.settings
+    path = lambda key: manifest.resolve(s[key])  # noqa: E731
+    if source.kind == "toolbench":
+        from ..data.toolbench import convert_toolbench
+
+        return convert_toolbench(path("path"), source=source.name, max_chars=source.max_chars)
+    if source.kind == "codesearchnet":
+        from ..data.codesearchnet import convert_codesearchnet
+
+        return convert_codesearchnet([manifest.resolve(p) for p in s["paths"]], source=source.name,
+                                     languages=tuple(s["languages"]), partitions=tuple(s["partitions"]),
+                                     directions=tuple(s["directions"]), max_chars=source.max_chars)
+    if source.kind == "codebase":
+        from ..data.codebase import convert_codebase
+
+        return convert_codebase(path("path"), source=source.name, include=tuple(s["include"]),
+                                exclude=tuple(s["exclude"]), max_file_bytes=s["max_file_kb"] * 1024,
+                                respect_gitignore=s["respect_gitignore"])
+    if source.kind == "synthetic":
+        from ..data.synthetic import TeacherConfig, convert_synthetic
+
+        teacher = TeacherConfig(**dict(s["teacher"])) if s.get("teacher") else None
+        return convert_synthetic(path("facts"), path("templates"), source=source.name,
+                                 seed=manifest.project.seed, paraphrases=s["paraphrases"],
+                                 teacher=teacher, cache_dir=layout.cache("teacher"))
+    if source.kind == "custom":
+        from ..data import custom
+
+        if s.get("hub"):
+            return custom.convert_custom_hub(s["hub"], source=source.name, format=s["format"],
+                                             fields=dict(s["fields"]), split=s["split"],
+                                             max_chars=source.max_chars)
+        return custom.convert_custom(path("path"), source=source.name, format=s["format"],
+                                     fields=dict(s["fields"]), max_chars=source.max_chars)
+    raise StageError(f"source {source.name!r}: no converter for kind {source.kind!r}")
+
+
+def run(manifest: Manifest, name: str) -> None:
+    """Stream the source's records into samples.jsonl and rejects.jsonl, then the sidecar."""
+    layout = Layout.of(manifest)
+    log.setup(layout.log_file)
+    source = manifest.sources[name]
+    files = layout.ingest(name)
+    task = f"{NAME}:{name}"
+    root = str(manifest.root) + "/"
+
+    def relative(item: dict) -> dict:
+        # Provenance and rejects name files relative to the manifest, so outputs are portable.
+        holder = item.get("provenance", item)
+        if str(holder.get("file", "")).startswith(root):
+            holder["file"] = holder["file"][len(root):]
+        return item
+
+    with log.step(task, f"converting {source.kind} source", source=name) as summary:
+        try:
+            counts = write_records(records(manifest, source, layout), files, task, fix=relative)
+        except FileNotFoundError as err:
+            raise StageError(f"source {name!r} ({manifest.file}): input not found: "
+                             f"{err.filename or err}; fix sources.{name} or create the file") from None
+        summary.update(samples=counts["samples"], rejects=counts["rejects"])
+    write_json(files.meta, {"source": name, "kind": source.kind, **counts,
+                            "settings": plain(source.settings)})

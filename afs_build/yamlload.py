@@ -1,0 +1,188 @@
+"""Read a YAML file into plain Python values and a map of where each value stands.
+
+PyYAML alone silently keeps the last of two duplicate keys, follows aliases without limit and
+loses positions after construction. This loader composes the node graph with ``SafeLoader``,
+then builds the values itself so that it can:
+
+* report duplicate keys, unknown tags and syntax errors with their line and column;
+* refuse alias expansion beyond a node budget (the "billion laughs" bomb) and cyclic aliases;
+* record the position of every key and value by key path, for error messages later on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ManifestError, Problem
+
+# Enough for any real manifest (the default has about 1,500 nodes), far below a bomb.
+MAX_NODES = 100_000
+
+KeyPath = tuple  # of str keys and int indexes
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Where each key path stands in the file (1-based line and column)."""
+
+    file: str
+    values: dict = field(default_factory=dict)  # path -> (line, col) of the value
+    keys: dict = field(default_factory=dict)  # path -> (line, col) of the key itself
+
+    def of(self, path: KeyPath, *, key: bool = False) -> tuple[int, int]:
+        """Position of `path`, or of its nearest ancestor that has one."""
+        table = self.keys if key else self.values
+        path = tuple(path)
+        while path:
+            if path in table:
+                return table[path]
+            if path in self.values:
+                return self.values[path]
+            path = path[:-1]
+        return self.values.get((), (1, 1))
+
+    def problem(self, path: KeyPath, message: str, *, key: bool = False) -> Problem:
+        line, col = self.of(path, key=key)
+        return Problem(self.file, line, col, dotted(path), message)
+
+
+def dotted(path: KeyPath) -> str:
+    """``specialists.majora.lora.r`` / ``mixes.m.groups[0]`` for a key path."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Builder:
+    """Builds Python values from a composed node graph, with positions and limits."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.positions = Positions(file)
+        self.problems: list[Problem] = []
+        self.count = 0
+        self.scalars = yaml.constructor.SafeConstructor()
+
+    def fail(self, node: yaml.Node, message: str, path: KeyPath = ()) -> None:
+        line, col = _mark(node)
+        self.problems.append(Problem(self.file, line, col, dotted(path), message))
+
+    def build(self, node: yaml.Node, path: KeyPath, active: frozenset) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooBig(node, path)
+        self.positions.values.setdefault(path, _mark(node))
+        if id(node) in active:
+            self.fail(node, "an alias refers to the mapping or list that contains it (a cycle); "
+                      "expected a tree: copy the values instead", path)
+            return None
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, active | {id(node)})
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,), active | {id(node)})
+                    for i, item in enumerate(node.value)]
+        try:
+            return self.scalars.construct_object(node)
+        except yaml.constructor.ConstructorError as err:
+            self.fail(node, f"cannot read this value: {err.problem}; expected a plain "
+                      "string, number, boolean or null", path)
+            return None
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath, active: frozenset) -> dict:
+        self.scalars.flatten_mapping(node)  # resolve `<<: *anchor` merge keys
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.fail(key_node, "a key must be a plain string", path)
+                continue
+            key = self.scalars.construct_object(key_node)
+            if not isinstance(key, str):
+                key = str(key) if not isinstance(key, bool) else str(key).lower()
+            child = path + (key,)
+            if key in out:
+                first = self.positions.keys[child]
+                self.fail(key_node, f"duplicate key {key!r} (first defined at line {first[0]}); "
+                          "expected each key once: remove or rename one", child)
+                continue
+            self.positions.keys[child] = _mark(key_node)
+            out[key] = self.build(value_node, child, active)
+        return out
+
+
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node, path: KeyPath):
+        self.node = node
+        self.path = path
+
+
+def read_text(path: Path) -> str:
+    """The file's text, or a ManifestError for a missing, unreadable or non-UTF-8 file."""
+    name = str(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(problems=[Problem(name, 1, 1, "", "file not found; expected a "
+                            "YAML manifest here (create it, or pass another path)")]) from None
+    except IsADirectoryError:
+        raise ManifestError(problems=[Problem(name, 1, 1, "", "is a folder; expected a YAML "
+                            "manifest file (for example afs.yaml)")]) from None
+    except OSError as err:
+        raise ManifestError(problems=[Problem(name, 1, 1, "", f"cannot read: {err.strerror}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ManifestError(problems=[Problem(
+            name, line, col, "", f"byte 0x{data[err.start]:02x} is not valid UTF-8; "
+            "expected a UTF-8 text file: re-save it as UTF-8")]) from None
+
+
+def load_yaml(path: Path) -> tuple[Any, Positions]:
+    """Parse `path` into (value, positions); every problem raises one ManifestError."""
+    text = read_text(path)
+    name = str(path)
+    if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.splitlines()):
+        raise ManifestError(problems=[Problem(name, 1, 1, "", "file is empty; expected a "
+                            "mapping with at least 'project' and 'specialists'")])
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = err.problem or err.context or "syntax error"
+        raise ManifestError(problems=[Problem(name, line, col, "", f"YAML syntax error: {what}; "
+                            "expected valid YAML (check indentation, colons and quotes)")]) from None
+    except yaml.YAMLError as err:
+        raise ManifestError(problems=[Problem(name, 1, 1, "", f"YAML error: {err}")]) from None
+    if node is None:
+        raise ManifestError(problems=[Problem(name, 1, 1, "", "file is empty; expected a "
+                            "mapping with at least 'project' and 'specialists'")])
+    builder = _Builder(name)
+    try:
+        value = builder.build(node, (), frozenset())
+    except _TooBig as big:
+        top = big.path[:1]
+        line, col = builder.positions.keys.get(top) or _mark(big.node)
+        raise ManifestError(problems=[Problem(name, line, col, dotted(top), f"YAML aliases expand to "
+                            f"more than {MAX_NODES:,} values (an entity-expansion bomb?); expected "
+                            "a manifest without deeply nested aliases")]) from None
+    if builder.problems:
+        raise ManifestError(problems=builder.problems)
+    return value, builder.positions
