@@ -107,25 +107,29 @@ def namespace(manifest: Manifest) -> dict:
             "check_file_uptodate": "md5",  # content, not mtime: a touched file is not a change
             "verbosity": 2,
             "action_string_formatting": "new",
-            "subtasks": True,  # `doit list` shows every task, not only the stage groups
             "sort": "definition",
         }
     }
-    for stage in STAGES:
-        names[f"task_{stage.NAME}"] = _group(stage, manifest)
+    names["task_afs"] = _creator(manifest)
     return names
 
 
-def _group(stage, manifest: Manifest) -> Callable:
-    def task_group():
-        for task in stage.tasks(manifest):
-            task = dict(task)
-            task["name"] = task["name"].split(":", 1)[1]  # doit prefixes the group name
-            yield task
+def _creator(manifest: Manifest) -> Callable:
+    """One task creator for the whole pipeline, so that doit keeps the stages' order.
 
-    task_group.__doc__ = stage.__doc__.strip().splitlines()[0]
-    task_group.__name__ = f"task_{stage.NAME}"
-    return task_group
+    Every task carries its full ``<stage>:<name>`` as basename, and each stage gets a group
+    task (``doit ingest`` runs every ingest task).
+    """
+
+    def task_afs():
+        for stage in STAGES:
+            tasks = list(stage.tasks(manifest))
+            yield {"basename": stage.NAME, "doc": stage.__doc__.strip().splitlines()[0],
+                   "task_dep": [t["name"] for t in tasks], "actions": None}
+            for task in tasks:
+                yield {"basename": task["name"], **{k: v for k, v in task.items() if k != "name"}}
+
+    return task_afs
 
 
 def dodo_namespace() -> dict:
@@ -135,26 +139,22 @@ def dodo_namespace() -> dict:
     from .errors import AfsError
     from .manifest import load
 
+    path, shown = manifest_path()
     try:
-        manifest = load(manifest_path())
+        manifest = load(path, shown)
     except AfsError as err:
         raise InvalidDodoFile(f"invalid manifest\n{err}") from None
     return namespace(manifest)
 
 
-def manifest_path() -> Path:
-    """The manifest doit builds: ``$AFS_MANIFEST``, else ``afs.yaml``, from where doit started.
+def manifest_path() -> tuple[Path, str]:
+    """The manifest doit builds, and its name as the user wrote it.
 
-    doit moves into the dodo file's folder before loading it; relative paths are taken from
-    the folder the user ran doit in.
+    ``$AFS_MANIFEST``, else ``afs.yaml``, taken from the folder doit was started in (doit
+    moves into the dodo file's folder before loading it).
     """
     from doit import loader
 
+    given = os.environ.get("AFS_MANIFEST", "afs.yaml")
     start = Path(loader.initial_workdir or os.getcwd())
-    path = Path(os.environ.get("AFS_MANIFEST", "afs.yaml"))
-    if path.is_absolute():
-        return path
-    try:
-        return path if start.samefile(os.getcwd()) else start / path
-    except OSError:
-        return start / path
+    return start / given, given

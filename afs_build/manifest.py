@@ -338,11 +338,13 @@ def from_data(data: Mapping, file: Path, digest: str = "") -> Manifest:
     )
 
 
-def load(path: str | Path) -> Manifest:
-    """Read, validate and build the manifest at `path`; raises ManifestError with every problem."""
+def load(path: str | Path, shown: str | None = None) -> Manifest:
+    """Read, validate and build the manifest at `path`; raises ManifestError with every problem.
+
+    Messages name the file as `shown` (default: `path` as given).
+    """
     file = Path(path).absolute()
-    shown = Path(path)
-    raw, positions = yamlload.load_yaml(shown)
+    raw, positions = yamlload.load_yaml(file, shown or str(path))
     if not isinstance(raw, dict):
         raise ManifestError(problems=[positions.problem((), f"expected a mapping of sections "
                             f"(project, models, specialists, ...), got {schema._describe(raw)}")])

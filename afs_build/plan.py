@@ -30,7 +30,7 @@ def task_plans(manifest: Manifest) -> list[TaskPlan]:
     from doit.loader import load_tasks
 
     namespace = graph.namespace(manifest)
-    tasks = [t for t in load_tasks(namespace, config=namespace["DOIT_CONFIG"]) if not t.has_subtask]
+    tasks = [t for t in load_tasks(namespace, config=namespace["DOIT_CONFIG"]) if t.actions]  # not the stage groups
     by_name = {t.name: t for t in tasks}
     state = Layout.of(manifest).state_db
     dep = Dependency(JsonDB, str(state), checker_cls=MD5Checker) if state.exists() else None

@@ -22,6 +22,9 @@ from .errors import ManifestError, Problem
 # Enough for any real manifest (the default has about 1,500 nodes), far below a bomb.
 MAX_NODES = 100_000
 
+TOO_DEEP = "lists or mappings are nested too deeply; expected a manifest a few levels deep"
+PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
 KeyPath = tuple  # of str keys and int indexes
 
 
@@ -88,6 +91,10 @@ class _Builder:
             self.fail(node, "an alias refers to the mapping or list that contains it (a cycle); "
                       "expected a tree: copy the values instead", path)
             return None
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in PLAIN_TAGS:
+            self.fail(node, f"cannot read this value: tag {node.tag!r} is not allowed; expected "
+                      "a plain mapping or list", path)
+            return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, active | {id(node)})
         if isinstance(node, yaml.SequenceNode):
@@ -101,9 +108,13 @@ class _Builder:
             return None
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath, active: frozenset) -> dict:
-        self.scalars.flatten_mapping(node)  # resolve `<<: *anchor` merge keys
         out: dict = {}
+        merges: list[yaml.Node] = []
         for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`
+                merges.extend(value_node.value if isinstance(value_node, yaml.SequenceNode)
+                              else [value_node])
+                continue
             if not isinstance(key_node, yaml.ScalarNode):
                 self.fail(key_node, "a key must be a plain string", path)
                 continue
@@ -118,6 +129,17 @@ class _Builder:
                 continue
             self.positions.keys[child] = _mark(key_node)
             out[key] = self.build(value_node, child, active)
+        # Merged keys fill in what the mapping does not set itself (YAML's merge-key rule);
+        # the explicit keys keep their own positions.
+        explicit = {k: self.positions.keys[path + (k,)] for k in out}
+        for merged in merges:
+            if not isinstance(merged, yaml.MappingNode):
+                self.fail(merged, "'<<' must merge a mapping (an alias to one, or a list of them)", path)
+                continue
+            for key, value in self.build(merged, path, active).items():
+                out.setdefault(key, value)
+        for key, mark in explicit.items():
+            self.positions.keys[path + (key,)] = mark
         return out
 
 
@@ -127,9 +149,9 @@ class _TooBig(Exception):
         self.path = path
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, name: str | None = None) -> str:
     """The file's text, or a ManifestError for a missing, unreadable or non-UTF-8 file."""
-    name = str(path)
+    name = name or str(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -150,10 +172,10 @@ def read_text(path: Path) -> str:
             "expected a UTF-8 text file: re-save it as UTF-8")]) from None
 
 
-def load_yaml(path: Path) -> tuple[Any, Positions]:
-    """Parse `path` into (value, positions); every problem raises one ManifestError."""
-    text = read_text(path)
-    name = str(path)
+def load_yaml(path: Path, name: str | None = None) -> tuple[Any, Positions]:
+    """Parse `path` into (value, positions); problems name the file as `name` (default: `path`)."""
+    name = name or str(path)
+    text = read_text(path, name)
     if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.splitlines()):
         raise ManifestError(problems=[Problem(name, 1, 1, "", "file is empty; expected a "
                             "mapping with at least 'project' and 'specialists'")])
@@ -163,6 +185,13 @@ def load_yaml(path: Path) -> tuple[Any, Positions]:
             node = loader.get_single_node()
         finally:
             loader.dispose()
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        raise ManifestError(problems=[Problem(name, line, col, "", f"character #x{err.character:04x} "
+                            "is not allowed in YAML; expected printable text: remove it")]) from None
+    except RecursionError:
+        raise ManifestError(problems=[Problem(name, 1, 1, "", TOO_DEEP)]) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -177,6 +206,8 @@ def load_yaml(path: Path) -> tuple[Any, Positions]:
     builder = _Builder(name)
     try:
         value = builder.build(node, (), frozenset())
+    except RecursionError:
+        raise ManifestError(problems=[Problem(name, 1, 1, "", TOO_DEEP)]) from None
     except _TooBig as big:
         top = big.path[:1]
         line, col = builder.positions.keys.get(top) or _mark(big.node)

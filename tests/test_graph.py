@@ -1,0 +1,116 @@
+"""The task graph: names, docs, slices that cover exactly what a task reads, no I/O in planning."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import subprocess
+import sys
+
+import pytest
+
+from afs_build import graph
+from afs_build.manifest import load
+from conftest import REPO, at
+
+
+def slice_digests(manifest) -> dict[str, dict[str, str]]:
+    """task name -> {slice label: digest} for every task."""
+    out = {}
+    for task in graph.all_tasks(manifest):
+        out[task["name"]] = {u.label: u.digest for u in task.get("uptodate", [])
+                             if isinstance(u, graph.SliceChanged)}
+    return out
+
+
+def changed_tasks(project, minimal, edit) -> set[str]:
+    before = slice_digests(load(project.write(minimal)))
+    edit(minimal)
+    after = slice_digests(load(project.write(minimal)))
+    assert before.keys() == after.keys()
+    return {name for name in before if before[name] != after[name]}
+
+
+@pytest.fixture
+def two_mixes(minimal):
+    minimal["mixes"]["other"] = {"samples": 4, "groups": {"all": {"share": 1.0, "sources": ["chat"]}}}
+    minimal["specialists"]["beta"]["mix"] = "other"
+    return minimal
+
+
+def test_task_names_follow_stage_and_name(project, minimal):
+    names = [t["name"] for t in graph.all_tasks(load(project.write(minimal)))]
+    assert names == ["ingest:chat", "score:chat", "mix:alpha", "mix:beta"]
+
+
+def test_mix_edit_replans_only_that_specialist(project, two_mixes):
+    def edit(m):
+        m["mixes"]["general"]["samples"] = 5
+    assert changed_tasks(project, two_mixes, edit) == {"mix:alpha"}
+
+
+def test_quality_edit_replans_scoring_only(project, two_mixes):
+    def edit(m):
+        m["quality"] = {"threshold": 0.7}
+    assert changed_tasks(project, two_mixes, edit) == {"score:chat"}
+
+
+def test_source_edit_replans_its_ingest(project, two_mixes):
+    def edit(m):
+        m["sources"]["chat"]["max_chars"] = 5000
+    assert changed_tasks(project, two_mixes, edit) == {"ingest:chat"}
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(site={"title": "New title"}),
+    lambda m: m["specialists"]["alpha"].update(port=7001),
+    lambda m: m["specialists"]["alpha"].update(system_prompt="Be brief."),
+    lambda m: m.update(deploy={"publisher": "me"}),
+], ids=["site-title", "port", "system-prompt", "deploy"])
+def test_unrelated_edits_replan_no_data_task(project, two_mixes, edit):
+    assert changed_tasks(project, two_mixes, edit) == set()
+
+
+def test_planning_does_no_io_beyond_stats(project, minimal, monkeypatch):
+    manifest = load(project.write(minimal))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"planning opened a file: {args[:1]}")
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    monkeypatch.setattr(os, "open", refuse)
+    tasks = list(graph.all_tasks(manifest))
+    assert all(t["doc"] for t in tasks)
+
+
+def doit(project, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
+                          cwd=project.root, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_doit_list_shows_every_task_with_its_doc(project, minimal):
+    project.write(minimal)
+    result = doit(project, "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "ingest", "ingest:chat", "score", "score:chat", "mix", "mix:alpha", "mix:beta"]
+    assert "ingest:chat   Convert custom source 'chat' into canonical samples." in lines
+
+
+def test_doit_on_an_invalid_manifest_prints_the_problems_without_a_traceback(project, minimal):
+    minimal["specialists"]["alpha"]["port"] = 80
+    path = project.write(minimal)
+    result = doit(project, "list")
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[:2] == [
+        "ERROR: invalid manifest",
+        f"{at(path, '80', name='afs.yaml')}: specialists.alpha.port: expected a number >= 1024, got 80"]
+
+
+def test_doit_state_lives_under_the_build_folder(project, minimal):
+    project.write(minimal)
+    assert graph.namespace(load(project.manifest))["DOIT_CONFIG"]["dep_file"] == \
+        str(project.root / "build" / ".doit.db")
