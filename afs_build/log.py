@@ -84,9 +84,19 @@ def setup(log_file: Path, *, console: bool = True) -> logging.Logger:
 
 
 class _ConsoleHandler(logging.StreamHandler):
+    """Human-readable lines: ``[task] message in 1.2s (key=value, ...)``."""
+
     def format(self, record: logging.LogRecord) -> str:
         where = getattr(record, "task", None)
         text = record.getMessage()
+        duration = getattr(record, "duration_s", None)
+        if duration is not None:
+            text += f" in {duration:.1f}s"
+        details = {k: getattr(record, k, None) for k in ("count",)}
+        details.update(getattr(record, "data", None) or {})
+        shown = ", ".join(f"{k}={v}" for k, v in details.items() if v is not None and not isinstance(v, dict))
+        if shown:
+            text += f" ({shown})"
         return redact(f"[{where}] {text}" if where else text)
 
 

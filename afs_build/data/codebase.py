@@ -42,36 +42,44 @@ FENCES = {"python": "python", "javascript": "js", "typescript": "ts", "c": "c", 
 COMMENT_STYLES = {"javascript": "c", "typescript": "c", "c": "c", "cpp": "c", "csharp": "c",
                   "go": "c", "rust": "c", "shell": "hash", "asm65816": "semicolon"}
 
-_RUST_VIS = r"(?:pub(?:\([^)]*\))?\s+)?"
-_CS_MODS = r"(?:(?:public|private|protected|internal|static|virtual|override|abstract|async|sealed|extern|unsafe|partial|readonly)\s+)"
+_NAME = r"(?P<name>[A-Za-z_]\w*)"
+_JS_NAME = r"(?P<name>[A-Za-z_$][\w$]*)"
+_JS_EXPORT = r"^\s*(?:export\s+)?(?:default\s+)?"
+_C_KEYWORDS = r"(?:return|if|else|for|while|switch|case|do|goto|typedef|sizeof|using)\b"
+_CS_MODS = (r"(?:(?:public|private|protected|internal|static|virtual|override|abstract|async|sealed|"
+            r"extern|unsafe|partial|readonly)\s+)")
+_RUST_VIS = r"^\s*(?:pub(?:\([^)]*\))?\s+)?"
 
 # (symbol kind, pattern with a `name` group), tried in order on each line.
 DEFINITIONS: dict[str, tuple[tuple[str, re.Pattern], ...]] = {
     "javascript": (
-        ("function", re.compile(r"^\s*(?:export\s+)?(?:default\s+)?(?:async\s+)?function\s*\*?\s*(?P<name>[A-Za-z_$][\w$]*)")),
-        ("class", re.compile(r"^\s*(?:export\s+)?(?:default\s+)?(?:abstract\s+)?class\s+(?P<name>[A-Za-z_$][\w$]*)")),
-        ("function", re.compile(r"^\s*(?:export\s+)?(?:const|let|var)\s+(?P<name>[A-Za-z_$][\w$]*)\s*(?::[^=]+)?=\s*(?:async\s+)?(?:function\b|\([^)]*\)\s*(?::[^=]+)?=>|[A-Za-z_$][\w$]*\s*=>)")),
-        ("interface", re.compile(r"^\s*(?:export\s+)?(?:declare\s+)?interface\s+(?P<name>[A-Za-z_$][\w$]*)")),
-        ("type", re.compile(r"^\s*(?:export\s+)?type\s+(?P<name>[A-Za-z_$][\w$]*)\s*(?:<[^>]*>)?\s*=")),
+        ("function", re.compile(rf"{_JS_EXPORT}(?:async\s+)?function\s*\*?\s*{_JS_NAME}")),
+        ("class", re.compile(rf"{_JS_EXPORT}(?:abstract\s+)?class\s+{_JS_NAME}")),
+        ("function", re.compile(rf"^\s*(?:export\s+)?(?:const|let|var)\s+{_JS_NAME}\s*(?::[^=]+)?=\s*(?:async\s+)?"
+                                r"(?:function\b|\([^)]*\)\s*(?::[^=]+)?=>|[A-Za-z_$][\w$]*\s*=>)")),
+        ("interface", re.compile(rf"^\s*(?:export\s+)?(?:declare\s+)?interface\s+{_JS_NAME}")),
+        ("type", re.compile(rf"^\s*(?:export\s+)?type\s+{_JS_NAME}\s*(?:<[^>]*>)?\s*=")),
     ),
     "c": (
-        ("macro", re.compile(r"^\s*#\s*define\s+(?P<name>[A-Za-z_]\w*)")),
-        ("struct", re.compile(r"^\s*(?:typedef\s+)?(?:struct|class|union|enum(?:\s+class)?)\s+(?P<name>[A-Za-z_]\w*)\s*(?:[:{]|$)")),
-        # Column 0, a return type before the name, not a statement keyword.
-        ("function", re.compile(r"^(?!(?:return|if|else|for|while|switch|case|do|goto|typedef|sizeof|using)\b)[A-Za-z_][\w:<>,\*&\s]*?[\s\*&](?P<name>~?[A-Za-z_][\w:~]*)\s*\([^=;]*(?:\)\s*(?:const\s*)?(?:noexcept\s*)?(?:\{.*|;)?|,\s*)?$")),
+        ("macro", re.compile(rf"^\s*#\s*define\s+{_NAME}")),
+        ("struct", re.compile(rf"^\s*(?:typedef\s+)?(?:struct|class|union|enum(?:\s+class)?)\s+{_NAME}\s*(?:[:{{]|$)")),
+        # At column 0, a return type before the name, and not a statement keyword.
+        ("function", re.compile(rf"^(?!{_C_KEYWORDS})[A-Za-z_][\w:<>,\*&\s]*?[\s\*&](?P<name>~?[A-Za-z_][\w:~]*)"
+                                r"\s*\([^=;]*(?:\)\s*(?:const\s*)?(?:noexcept\s*)?(?:\{.*|;)?|,\s*)?$")),
     ),
     "csharp": (
-        ("class", re.compile(rf"^\s*{_CS_MODS}*(?:class|struct|interface|enum|record)\s+(?P<name>[A-Za-z_]\w*)")),
-        ("method", re.compile(rf"^\s*{_CS_MODS}+(?:[\w<>\[\],\.\?]+\s+)?(?P<name>[A-Za-z_]\w*)\s*(?:<[^>]*>)?\s*\(")),
+        ("class", re.compile(rf"^\s*{_CS_MODS}*(?:class|struct|interface|enum|record)\s+{_NAME}")),
+        ("method", re.compile(rf"^\s*{_CS_MODS}+(?:[\w<>\[\],\.\?]+\s+)?{_NAME}\s*(?:<[^>]*>)?\s*\(")),
     ),
     "go": (
-        ("function", re.compile(r"^func\s+(?:\([^)]*\)\s*)?(?P<name>[A-Za-z_]\w*)")),
-        ("type", re.compile(r"^type\s+(?P<name>[A-Za-z_]\w*)\b")),
+        ("function", re.compile(rf"^func\s+(?:\([^)]*\)\s*)?{_NAME}")),
+        ("type", re.compile(rf"^type\s+{_NAME}\b")),
     ),
     "rust": (
-        ("function", re.compile(rf"^\s*{_RUST_VIS}(?:const\s+)?(?:async\s+)?(?:unsafe\s+)?(?:extern\s+\"[^\"]*\"\s+)?fn\s+(?P<name>[A-Za-z_]\w*)")),
-        ("struct", re.compile(rf"^\s*{_RUST_VIS}(?:struct|enum|trait|union|type)\s+(?P<name>[A-Za-z_]\w*)")),
-        ("macro", re.compile(r"^\s*macro_rules!\s*(?P<name>[A-Za-z_]\w*)")),
+        ("function", re.compile(rf"{_RUST_VIS}(?:const\s+)?(?:async\s+)?(?:unsafe\s+)?(?:extern\s+\"[^\"]*\"\s+)?"
+                                rf"fn\s+{_NAME}")),
+        ("struct", re.compile(rf"{_RUST_VIS}(?:struct|enum|trait|union|type)\s+{_NAME}")),
+        ("macro", re.compile(rf"^\s*macro_rules!\s*{_NAME}")),
     ),
     "shell": (
         ("function", re.compile(r"^\s*function\s+(?P<name>[A-Za-z_][\w:.-]*)\s*(?:\(\s*\))?\s*(?:\{.*)?$")),
@@ -79,9 +87,10 @@ DEFINITIONS: dict[str, tuple[tuple[str, re.Pattern], ...]] = {
     ),
     # Global labels only: asar sublabels (.loop), ca65 cheap locals (@loop) and +/- are local.
     "asm65816": (
-        ("label", re.compile(r"^(?P<name>[A-Za-z_]\w*):")),
-        ("macro", re.compile(r"^\s*(?:macro\s+(?P<name>[A-Za-z_]\w*)\s*\(|\.mac(?:ro)?\s+(?P<name2>[A-Za-z_]\w*))", re.IGNORECASE)),
-        ("proc", re.compile(r"^\s*\.proc\s+(?P<name>[A-Za-z_]\w*)", re.IGNORECASE)),
+        ("label", re.compile(rf"^{_NAME}:")),
+        ("macro", re.compile(rf"^\s*macro\s+{_NAME}\s*\(", re.IGNORECASE)),  # asar
+        ("macro", re.compile(rf"^\s*\.mac(?:ro)?\s+{_NAME}", re.IGNORECASE)),  # ca65, WLA-DX
+        ("proc", re.compile(rf"^\s*\.proc\s+{_NAME}", re.IGNORECASE)),
     ),
 }
 DEFINITIONS["typescript"] = DEFINITIONS["javascript"]
@@ -100,6 +109,7 @@ _LICENSE = re.compile(r"copyright|spdx-license|licensed under|permission is here
 _SHEBANGS = (("python", re.compile(r"python")), ("shell", re.compile(r"\b(?:ba|z|k|da)?sh\b")))
 _HEADING = re.compile(r"^(?P<marks>#{1,6})\s+(?P<title>.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 # Long quotes (Markdown sections, huge comments) are cut at a paragraph break near this size.
 MAX_QUOTE_CHARS = 2000
@@ -131,11 +141,7 @@ def convert_codebase(
     files are honoured at every level and ``.git`` is always skipped. Files are visited in
     sorted order, so the output is deterministic.
     """
-    base = Path(root)
-    if not base.exists():
-        raise FileNotFoundError(f"codebase root not found: {root}")
-    if not base.is_dir():
-        raise NotADirectoryError(f"codebase root is not a folder: {root}")
+    base = _root(root)
     definitions: list[Definition] = []
     for rel, is_link in _walk(base, tuple(include), tuple(exclude), respect_gitignore):
         if is_link:
@@ -150,12 +156,19 @@ def convert_codebase(
 def iter_files(root, *, include: Iterable[str] = ("**/*",), exclude: Iterable[str] = (),
                respect_gitignore: bool = True) -> Iterator[Path]:
     """The files :func:`convert_codebase` reads, in walk order (for content-based staleness)."""
-    base = Path(root)
-    if not base.is_dir():
-        raise FileNotFoundError(f"codebase root not found: {root}")
+    base = _root(root)
     for rel, is_link in _walk(base, tuple(include), tuple(exclude), respect_gitignore):
         if not is_link:
             yield base / rel
+
+
+def _root(root) -> Path:
+    base = Path(root)
+    if not base.exists():
+        raise FileNotFoundError(f"codebase root not found: {root}")
+    if not base.is_dir():
+        raise NotADirectoryError(f"codebase root is not a folder: {root}")
+    return base
 
 
 def _walk(base: Path, include: tuple, exclude: tuple, respect_gitignore: bool) -> Iterator[tuple[str, bool]]:
@@ -163,6 +176,7 @@ def _walk(base: Path, include: tuple, exclude: tuple, respect_gitignore: bool) -
     wanted = pathspec.GitIgnoreSpec.from_lines(include)
     unwanted = pathspec.GitIgnoreSpec.from_lines(exclude)
     ignores: dict[str, pathspec.GitIgnoreSpec] = {}
+    outer = _outer_ignores(base) if respect_gitignore else []
     for folder, dirnames, filenames in os.walk(base):
         here = Path(folder).relative_to(base).as_posix()
         here = "" if here == "." else here
@@ -172,7 +186,7 @@ def _walk(base: Path, include: tuple, exclude: tuple, respect_gitignore: bool) -
         kept = []
         for name in sorted(dirnames):
             rel = f"{here}/{name}" if here else name
-            if name == ".git" or _ignored(rel + "/", ignores) or unwanted.match_file(rel + "/"):
+            if name == ".git" or _ignored(rel + "/", ignores, outer) or unwanted.match_file(rel + "/"):
                 continue
             if os.path.islink(os.path.join(folder, name)):
                 yield rel, True  # os.walk would not enter it; say so rather than drop it silently
@@ -181,14 +195,38 @@ def _walk(base: Path, include: tuple, exclude: tuple, respect_gitignore: bool) -
         dirnames[:] = kept
         for name in sorted(filenames):
             rel = f"{here}/{name}" if here else name
-            if _ignored(rel, ignores) or unwanted.match_file(rel) or not wanted.match_file(rel):
+            if _ignored(rel, ignores, outer) or unwanted.match_file(rel) or not wanted.match_file(rel):
                 continue
             yield rel, os.path.islink(os.path.join(folder, name))
 
 
-def _ignored(rel: str, ignores: dict[str, pathspec.GitIgnoreSpec]) -> bool:
+def _outer_ignores(base: Path) -> list[tuple[str, pathspec.GitIgnoreSpec]]:
+    """The .gitignore files above ``base`` in its git repository, outermost first.
+
+    Each comes with ``base``'s path relative to the file's folder, to prefix paths with. When
+    ``base`` is not inside a repository (no ``.git`` above it), nothing above it applies.
+    """
+    here = base.resolve()
+    if (here / ".git").exists():
+        return []
+    found = []
+    for folder in here.parents:
+        if (folder / ".gitignore").is_file():
+            text = (folder / ".gitignore").read_text(encoding="utf-8", errors="replace")
+            found.append((here.relative_to(folder).as_posix(), pathspec.GitIgnoreSpec.from_lines(text.splitlines())))
+        if (folder / ".git").exists():
+            return found[::-1]
+    return []
+
+
+def _ignored(rel: str, ignores: dict[str, pathspec.GitIgnoreSpec],
+             outer: list[tuple[str, pathspec.GitIgnoreSpec]]) -> bool:
     """Whether the .gitignore files above ``rel`` ignore it; the deepest matching one wins."""
     verdict = False
+    for prefix, spec in outer:
+        result = spec.check_file(f"{prefix}/{rel}")
+        if result.include is not None:
+            verdict = result.include
     parts = rel.rstrip("/").split("/")
     for depth in range(len(parts)):
         folder = "/".join(parts[:depth])
@@ -259,6 +297,11 @@ def _sample(source: str, question: str, answer: str, *, path: str, line: int | N
     return make_sample(source, messages, provenance=provenance, metadata=metadata)
 
 
+def _split_lines(text: str) -> list[str]:
+    """Lines as compilers and editors number them (str.splitlines also splits on form feeds)."""
+    return _LINE_BREAK.split(text)
+
+
 def _clip(text: str, limit: int = MAX_QUOTE_CHARS) -> str:
     """Cut a long quote at the last paragraph (else line) break before ``limit``."""
     if len(text) <= limit:
@@ -280,150 +323,168 @@ def _python_file(source: str, rel: str, text: str, where: str) -> tuple[list[Rec
         line = exc.lineno if exc.lineno and exc.lineno > 0 else None
         excerpt = (exc.text or "").strip()
         return [Reject(source, f"Python syntax error: {exc.msg}", file=where, line=line, excerpt=excerpt)], []
-    records: list[Record] = []
-    definitions: list[Definition] = []
-    common = {"path": rel, "language": "python"}
-    doc = ast.get_docstring(tree)
-    if doc:
-        records.append(_sample(source, f"What is the Python module `{rel}` for?", _clip(doc), line=1,
-                               symbol=None, kind="module", question_type="purpose", **common))
-    members = []
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            members.append(_member_line(node))
-            records.extend(_python_symbol(source, rel, node, node.name, definitions))
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                if isinstance(target, ast.Name) and target.id.isupper():
-                    members.append(f"- constant `{target.id}`")
-    if members:
-        answer = f"`{rel}` defines:\n" + "\n".join(members)
-        records.append(_sample(source, f"What does `{rel}` define?", answer, line=1, symbol=None,
-                               kind="module", question_type="contents", **common))
-    return records, definitions
+    reader = _PythonReader(source, rel, text)
+    return reader.module(tree), reader.definitions
 
 
-def _python_symbol(source: str, rel: str, node, qualname: str, definitions: list[Definition]) -> list[dict]:
-    """Samples about one function, method or class (and, for a class, its methods)."""
-    common = {"path": rel, "line": node.lineno, "symbol": qualname, "language": "python"}
-    doc = ast.get_docstring(node)
-    if isinstance(node, ast.ClassDef):
-        header = _class_header(node)
-        definitions.append(Definition(qualname, rel, node.lineno, "python", "class", header))
+class _PythonReader:
+    """Samples from one parsed Python file; expressions are quoted as written in the file."""
+
+    def __init__(self, source: str, rel: str, text: str):
+        self.source, self.rel = source, rel
+        self.lines = _split_lines(text)
+        self.definitions: list[Definition] = []
+
+    def module(self, tree: ast.Module) -> list[Record]:
+        rel = self.rel
+        records: list[Record] = []
+        doc = ast.get_docstring(tree)
+        if doc:
+            records.append(self._sample(f"What is the Python module `{rel}` for?", _clip(doc), line=1,
+                                        symbol=None, kind="module", question_type="purpose"))
+        members = []
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                members.append(self._member_line(node))
+                records.extend(self._symbol(node, node.name))
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                members += [f"- constant `{t.id}`" for t in targets if isinstance(t, ast.Name) and t.id.isupper()]
+        if members:
+            records.append(self._sample(f"What does `{rel}` define?", f"`{rel}` defines:\n" + "\n".join(members),
+                                        line=1, symbol=None, kind="module", question_type="contents"))
+        return records
+
+    def _sample(self, question: str, answer: str, **fields) -> dict:
+        return _sample(self.source, question, answer, path=self.rel, language="python", **fields)
+
+    def _symbol(self, node, qualname: str) -> list[dict]:
+        """Samples about one function, method or class (and, for a class, its members)."""
+        rel = self.rel
+        doc = ast.get_docstring(node)
+        where = {"line": node.lineno, "symbol": qualname}
+        if isinstance(node, ast.ClassDef):
+            header = self._class_header(node)
+            self.definitions.append(Definition(qualname, rel, node.lineno, "python", "class", header))
+            about = {"kind": "class", "symbol_kind": "class", **where}
+            out = []
+            if doc:
+                out.append(self._sample(f"What is the class `{qualname}` in `{rel}` for?",
+                                        f"```python\n{header}\n```\n\n{_clip(doc)}", question_type="purpose", **about))
+            methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            if methods:
+                listing = "\n".join(self._member_line(m) for m in methods)
+                out.append(self._sample(f"What methods does the class `{qualname}` in `{rel}` have?",
+                                        f"`{qualname}` defines these methods:\n{listing}",
+                                        question_type="contents", **about))
+            fields = [n for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+            if fields:
+                listing = "\n".join(f"- `{self._field(f)}`" for f in fields)
+                out.append(self._sample(f"What fields does the class `{qualname}` in `{rel}` declare?",
+                                        f"`{qualname}` declares these fields:\n{listing}",
+                                        question_type="fields", **about))
+            for child in node.body:
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    out.extend(self._symbol(child, f"{qualname}.{child.name}"))
+            return out
+        symbol_kind = "method" if "." in qualname else "function"
+        signature = self._signature(node)
+        if node.name.startswith("__") and node.name.endswith("__") and node.name != "__init__":
+            if not doc:
+                return []  # protocol methods are only worth a sample when they say something
+        else:
+            self.definitions.append(Definition(qualname, rel, node.lineno, "python", symbol_kind, signature))
+        about = {"kind": "function", "symbol_kind": symbol_kind, **where}
+        block = f"```python\n{signature}\n```"
         out = []
         if doc:
-            out.append(_sample(source, f"What is the class `{qualname}` in `{rel}` for?",
-                               f"```python\n{header}\n```\n\n{_clip(doc)}",
-                               kind="class", question_type="purpose", symbol_kind="class", **common))
-        methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        if methods:
-            listing = "\n".join(_member_line(m) for m in methods)
-            out.append(_sample(source, f"What methods does the class `{qualname}` in `{rel}` have?",
-                               f"`{qualname}` defines these methods:\n{listing}",
-                               kind="class", question_type="contents", symbol_kind="class", **common))
-        fields = [n for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
-        if fields:
-            listing = "\n".join(f"- `{ast.unparse(f)}`" for f in fields)
-            out.append(_sample(source, f"What fields does the class `{qualname}` in `{rel}` declare?",
-                               f"`{qualname}` declares these fields:\n{listing}",
-                               kind="class", question_type="fields", symbol_kind="class", **common))
-        for child in node.body:
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                out.extend(_python_symbol(source, rel, child, f"{qualname}.{child.name}", definitions))
+            out.append(self._sample(f"What does `{qualname}` in `{rel}` do?", f"{block}\n\n{_clip(doc)}",
+                                    question_type="purpose", **about))
+        out.append(self._sample(f"What is the signature of `{qualname}` in `{rel}`?", block,
+                                question_type="signature", **about))
+        parameters = self._parameters(node.args, skip_first=symbol_kind == "method" and not _is_static(node))
+        if parameters:
+            answer = f"`{qualname}` takes:\n" + "\n".join(parameters)
+            if node.returns is not None:
+                answer += f"\n\nIt is annotated to return `{self._code(node.returns)}`."
+            out.append(self._sample(f"What parameters does `{qualname}` in `{rel}` take?", answer,
+                                    question_type="parameters", **about))
         return out
-    symbol_kind = "method" if "." in qualname else "function"
-    signature = _signature(node)
-    if node.name.startswith("__") and node.name.endswith("__") and node.name != "__init__":
-        # Dunder protocol methods: only worth a sample when they say something themselves.
-        if not doc:
-            return []
-    else:
-        definitions.append(Definition(qualname, rel, node.lineno, "python", symbol_kind, signature))
-    block = f"```python\n{signature}\n```"
-    out = []
-    if doc:
-        out.append(_sample(source, f"What does `{qualname}` in `{rel}` do?", f"{block}\n\n{_clip(doc)}",
-                           kind="function", question_type="purpose", symbol_kind=symbol_kind, **common))
-    out.append(_sample(source, f"What is the signature of `{qualname}` in `{rel}`?", block,
-                       kind="function", question_type="signature", symbol_kind=symbol_kind, **common))
-    parameters = _parameters(node.args, skip_first=symbol_kind == "method" and not _is_static(node))
-    if parameters:
-        answer = f"`{qualname}` takes:\n" + "\n".join(parameters)
+
+    def _code(self, node: ast.AST) -> str:
+        """An expression as written in the file (re-rendered only when it spans lines)."""
+        # ast.get_source_segment re-splits the whole file on every call; offsets are UTF-8 bytes.
+        if node.lineno != node.end_lineno or node.end_col_offset is None:
+            return ast.unparse(node)
+        line = self.lines[node.lineno - 1].encode("utf-8")
+        return line[node.col_offset:node.end_col_offset].decode("utf-8")
+
+    def _signature(self, node) -> str:
+        """The ``def`` line in PEP 8 layout, with its decorators."""
+        keyword = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+        text = f"{keyword} {node.name}({', '.join(self._format_args(node.args))})"
         if node.returns is not None:
-            answer += f"\n\nIt is annotated to return `{ast.unparse(node.returns)}`."
-        out.append(_sample(source, f"What parameters does `{qualname}` in `{rel}` take?", answer,
-                           kind="function", question_type="parameters", symbol_kind=symbol_kind, **common))
-    return out
+            text += f" -> {self._code(node.returns)}"
+        return "\n".join([f"@{self._code(d)}" for d in node.decorator_list] + [text])
 
+    def _format_args(self, args: ast.arguments) -> list[str]:
+        positional = args.posonlyargs + args.args
+        defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+        out = [self._format_arg(arg, default) for arg, default in zip(positional, defaults)]
+        if args.posonlyargs:
+            out.insert(len(args.posonlyargs), "/")
+        if args.vararg:
+            out.append("*" + self._format_arg(args.vararg, None))
+        elif args.kwonlyargs:
+            out.append("*")
+        out += [self._format_arg(arg, default) for arg, default in zip(args.kwonlyargs, args.kw_defaults)]
+        if args.kwarg:
+            out.append("**" + self._format_arg(args.kwarg, None))
+        return out
 
-def _signature(node) -> str:
-    """The ``def`` line as PEP 8 writes it (with decorators), rebuilt from the syntax tree."""
-    keyword = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
-    text = f"{keyword} {node.name}({', '.join(_format_args(node.args))})"
-    if node.returns is not None:
-        text += f" -> {ast.unparse(node.returns)}"
-    return "\n".join([f"@{ast.unparse(d)}" for d in node.decorator_list] + [text])
+    def _format_arg(self, arg: ast.arg, default) -> str:
+        if arg.annotation is None:
+            return arg.arg + (f"={self._code(default)}" if default is not None else "")
+        text = f"{arg.arg}: {self._code(arg.annotation)}"
+        return text + (f" = {self._code(default)}" if default is not None else "")
 
+    def _field(self, node: ast.AnnAssign) -> str:
+        text = f"{node.target.id}: {self._code(node.annotation)}"
+        return text + (f" = {self._code(node.value)}" if node.value is not None else "")
 
-def _format_args(args: ast.arguments) -> list[str]:
-    positional = args.posonlyargs + args.args
-    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    out = [_format_arg(arg, default) for arg, default in zip(positional, defaults)]
-    if args.posonlyargs:
-        out.insert(len(args.posonlyargs), "/")
-    if args.vararg:
-        out.append("*" + _format_arg(args.vararg, None))
-    elif args.kwonlyargs:
-        out.append("*")
-    out += [_format_arg(arg, default) for arg, default in zip(args.kwonlyargs, args.kw_defaults)]
-    if args.kwarg:
-        out.append("**" + _format_arg(args.kwarg, None))
-    return out
+    def _class_header(self, node: ast.ClassDef) -> str:
+        bases = [self._code(b) for b in node.bases] + [self._code(k) for k in node.keywords]
+        text = f"class {node.name}({', '.join(bases)})" if bases else f"class {node.name}"
+        return "\n".join([f"@{self._code(d)}" for d in node.decorator_list] + [text])
 
+    def _member_line(self, node) -> str:
+        """One bullet for a listing: the definition and the first line of its docstring."""
+        if isinstance(node, ast.ClassDef):
+            text = f"- class `{node.name}`"
+        else:
+            text = f"- `{self._signature(node).splitlines()[-1]}`"
+        doc = ast.get_docstring(node)
+        return f"{text}: {doc.strip().splitlines()[0]}" if doc else text
 
-def _format_arg(arg: ast.arg, default) -> str:
-    text = arg.arg
-    if arg.annotation is not None:
-        text += f": {ast.unparse(arg.annotation)}"
-        return text + (f" = {ast.unparse(default)}" if default is not None else "")
-    return text + (f"={ast.unparse(default)}" if default is not None else "")
-
-
-def _class_header(node: ast.ClassDef) -> str:
-    bases = [ast.unparse(b) for b in node.bases] + [ast.unparse(k) for k in node.keywords]
-    text = f"class {node.name}({', '.join(bases)})" if bases else f"class {node.name}"
-    return "\n".join([f"@{ast.unparse(d)}" for d in node.decorator_list] + [text])
-
-
-def _member_line(node) -> str:
-    """One bullet for a listing: the definition and the first line of its docstring."""
-    if isinstance(node, ast.ClassDef):
-        text = f"- class `{node.name}`"
-    else:
-        text = f"- `{_signature(node).splitlines()[-1]}`"
-    doc = ast.get_docstring(node)
-    return f"{text}: {doc.strip().splitlines()[0]}" if doc else text
+    def _parameters(self, args: ast.arguments, *, skip_first: bool) -> list[str]:
+        """Bullets for each parameter: name, annotation, default and how it is passed."""
+        positional = args.posonlyargs + args.args
+        defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+        entries = [(arg, default, "positional-only" if index < len(args.posonlyargs) else None)
+                   for index, (arg, default) in enumerate(zip(positional, defaults))]
+        if skip_first and entries:
+            entries = entries[1:]
+        if args.vararg:
+            entries.append((args.vararg, None, "extra positional arguments, `*`"))
+        entries += [(arg, default, "keyword-only") for arg, default in zip(args.kwonlyargs, args.kw_defaults)]
+        if args.kwarg:
+            entries.append((args.kwarg, None, "extra keyword arguments, `**`"))
+        return [f"- `{self._format_arg(arg, default)}`" + (f" ({how})" if how else "")
+                for arg, default, how in entries]
 
 
 def _is_static(node) -> bool:
     return any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in node.decorator_list)
-
-
-def _parameters(args: ast.arguments, *, skip_first: bool) -> list[str]:
-    """Bullets for each parameter: name, annotation, default and how it is passed."""
-    positional = args.posonlyargs + args.args
-    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    entries = [(arg, default, "positional-only" if index < len(args.posonlyargs) else None)
-               for index, (arg, default) in enumerate(zip(positional, defaults))]
-    if skip_first and entries:
-        entries = entries[1:]
-    if args.vararg:
-        entries.append((args.vararg, None, "extra positional arguments, `*`"))
-    entries += [(arg, default, "keyword-only") for arg, default in zip(args.kwonlyargs, args.kw_defaults)]
-    if args.kwarg:
-        entries.append((args.kwarg, None, "extra keyword arguments, `**`"))
-    return [f"- `{_format_arg(arg, default)}`" + (f" ({how})" if how else "") for arg, default, how in entries]
 
 
 # --- other languages: comments and line regexes --------------------------------------------
@@ -502,7 +563,7 @@ def _comment_above(lines: list[str], comments: list[str | None], index: int) -> 
 
 
 def _text_file(source: str, rel: str, text: str, language: str) -> tuple[list[Record], list[Definition]]:
-    lines = text.splitlines()
+    lines = _split_lines(text)
     comments = _comment_lines(lines, COMMENT_STYLES[language])
     fence = FENCES[language]
     records: list[Record] = []
@@ -539,8 +600,7 @@ def _match_definition(language: str, line: str) -> tuple[str, str] | None:
     for symbol_kind, pattern in DEFINITIONS[language]:
         match = pattern.match(line)
         if match:
-            name = next(value for key, value in match.groupdict().items() if value and key.startswith("name"))
-            return symbol_kind, name
+            return symbol_kind, match["name"]
     return None
 
 
@@ -552,7 +612,7 @@ def _markdown_file(source: str, rel: str, text: str) -> list[Record]:
     sections: list[tuple[int, str, int, list[str]]] = []  # (level, title, line, body lines)
     preamble: list[str] = []
     in_fence = False
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_split_lines(text), start=1):
         if _FENCE.match(line):
             in_fence = not in_fence
         heading = None if in_fence else _HEADING.match(line)

@@ -21,13 +21,13 @@ import os
 import re
 from typing import Iterable, Iterator
 
-from afs_build.data.custom import (
+from afs_build.data.readers import (
     MAX_CHARS,
     Unusable,
     excerpt,
     expected_one_of,
     json_type,
-    read_jsonl,
+    read_jsonl_rows,
     require_files,
 )
 from afs_build.data.records import Record, Reject, make_sample
@@ -101,7 +101,7 @@ def _choices(what: str, values: Iterable[str], known: tuple[str, ...]) -> tuple[
 def _convert(paths, source, languages, partitions, directions, max_chars) -> Iterator[Record]:
     for path in paths:
         file = os.fspath(path)
-        for item in read_jsonl(path, source=source, max_chars=max_chars):
+        for item in read_jsonl_rows(path, source=source, max_chars=max_chars):
             if isinstance(item, Reject):
                 yield item
                 continue

@@ -7,8 +7,8 @@ is kept with every signal in ``metadata["quality"]``. A sample scoring below the
 becomes a Reject naming its weakest signal.
 
 A weighted mean forgives one bad signal: a refusal (boilerplate 0.0) among otherwise clean
-signals still scores about 0.8 with the default weights. Raise that signal's weight, or the
-threshold, where one failure must be enough.
+signals still scores 0.875 with the default (equal) weights. Raise that signal's weight, or
+the threshold, where one failure must be enough.
 
 Secrets (API keys, private keys, personal email addresses) are never scored: the sample is
 rejected outright and the reject carries no excerpt, so the secret is not copied into
@@ -30,6 +30,8 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping
 
+import numpy as np
+
 from afs_build.data.records import Record, Reject, canonical_json
 
 
@@ -48,9 +50,21 @@ class Texts:
         return self.answer.split()
 
     @cached_property
-    def answer_grams(self) -> set[tuple[str, str, str]]:
-        words = self.answer_words
-        return set(zip(words, words[1:], words[2:]))
+    def answer_grams(self) -> np.ndarray:
+        """The distinct word 3-grams of the answer, as sorted 64-bit hashes."""
+        return _gram_hashes(self.answer_words)
+
+
+_GRAM_MIX = (np.int64(-7046029254386353131), np.int64(7151136286975496217))
+
+
+def _gram_hashes(words: list[str]) -> np.ndarray:
+    # Three times faster than a set of tuples: str hashes are cached, the rest is vectorized.
+    # Python's str hash is salted per process, which changes no count (collisions aside).
+    if len(words) < 3:
+        return np.empty(0, dtype=np.int64)
+    hashes = np.fromiter(map(hash, words), dtype=np.int64, count=len(words))
+    return np.unique(hashes[:-2] * _GRAM_MIX[0] + hashes[1:-1] * _GRAM_MIX[1] + hashes[2:])
 
 
 def sample_texts(sample: dict) -> tuple[str, str]:
@@ -91,17 +105,16 @@ def _all_text(sample: dict) -> str:
 
 # --- the secrets gate -----------------------------------------------------------------------
 
-# (kind, pattern, substrings of which one must occur before the pattern is tried)
+# (kind, pattern, substrings of which one must occur before the pattern is tried). A pattern
+# without hints starts with a literal, which the regex engine finds about as fast as ``in``.
 _SECRET_PATTERNS: tuple[tuple[str, re.Pattern, tuple[str, ...]], ...] = (
-    ("private key", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
-     ("PRIVATE KEY",)),
+    ("private key", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"), ()),
     ("aws access key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), ("AKIA", "ASIA")),
-    ("github token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
-     ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
+    ("github token",
+     re.compile(r"gh(?:[pousr]_[A-Za-z0-9]{36,}|ithub_pat_[A-Za-z0-9_]{22,})"), ()),
     # A digit and a letter are required so that words like sk-learn-compatible-... pass.
-    ("openai api key",
-     re.compile(r"\bsk-(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{20,}"),
-     ("sk-",)),
+    ("openai api key", re.compile(r"(?<![A-Za-z0-9_-])sk-(?=[A-Za-z0-9_-]*\d)"
+                                  r"(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{20,}"), ("sk-",)),
 )
 _ASSIGNED_SECRET = re.compile(
     r"(?<![A-Za-z0-9])(?:api[_-]?key|api[_-]?secret|secret[_-]?key|client[_-]?secret"
@@ -109,7 +122,7 @@ _ASSIGNED_SECRET = re.compile(
     r"[\"']([^\"'\s]{8,})[\"']",
     re.I,
 )
-_ASSIGNED_HINTS = ("key", "token", "secret", "pass")
+_ASSIGNED_HINTS = ("api", "secret", "token", "passw")
 # Values that show a placeholder rather than a real credential.
 _PLACEHOLDER = re.compile(
     r"your|xxx|\*\*\*|\.\.\.|[<>{}$]|example|placeholder|changeme|dummy|fake|test|redacted"
@@ -128,7 +141,7 @@ _ROBOT_USERS = frozenset(("git", "noreply", "no-reply", "donotreply", "do-not-re
 def find_secret(text: str) -> str | None:
     """The kind of the first secret found in ``text`` (``"aws access key"``...), or None."""
     for kind, pattern, hints in _SECRET_PATTERNS:
-        if any(hint in text for hint in hints) and pattern.search(text):
+        if (not hints or any(hint in text for hint in hints)) and pattern.search(text):
             return kind
     lowered = text.lower()
     if any(hint in lowered for hint in _ASSIGNED_HINTS):
@@ -195,7 +208,7 @@ def signal_repetition(texts: Texts) -> tuple[float, str]:
     worst, reason = 0.0, OK
     words = texts.answer_words
     if len(words) >= 12:
-        worst = 1.0 - len(texts.answer_grams) / (len(words) - 2)
+        worst = 1.0 - texts.answer_grams.size / (len(words) - 2)
         reason = f"{worst:.0%} repeated 3-grams"
     lines = [line for line in (raw.strip() for raw in texts.answer.splitlines()) if len(line) >= 8]
     if len(lines) >= 4:
@@ -230,7 +243,7 @@ def signal_boilerplate(texts: Texts) -> tuple[float, str]:
     for phrase in _BOILERPLATE:
         at = lowered.find(phrase)
         if at >= 0:
-            return (0.0 if at < _BOILERPLATE_LEAD else 0.3), f"boilerplate: {phrase!r}"
+            return (0.0 if at < _BOILERPLATE_LEAD else 0.3), f'boilerplate: "{phrase}"'
     return 1.0, OK
 
 
@@ -239,20 +252,21 @@ _ECHO_OK = 0.8  # share of the answer's 3-grams found in the instruction before 
 
 def signal_echo(texts: Texts) -> tuple[float, str]:
     """The answer repeats the question instead of answering it."""
-    answer = " ".join(texts.answer_words).lower()
-    instruction_words = texts.instruction.split()
-    instruction = " ".join(instruction_words).lower()
-    if answer and answer == instruction:
+    said = texts.answer_words
+    asked = texts.instruction.split()
+    if said and len(said) == len(asked) and " ".join(said).lower() == " ".join(asked).lower():
         return 0.0, "answer repeats the instruction"
-    if len(texts.answer_words) < 10:
-        if len(instruction) > 20 and answer.startswith(instruction):
+    if len(said) < 10:
+        if len(texts.instruction) > 20 and len(asked) < len(said) and \
+                " ".join(said).lower().startswith(" ".join(asked).lower()):
             return 0.5, "answer starts by repeating the instruction"
         return 1.0, OK
     grams = texts.answer_grams
-    if not grams:
+    # The instruction cannot hold more distinct 3-grams than it has words: often that settles it.
+    if not grams.size or len(asked) - 2 <= _ECHO_OK * grams.size:
         return 1.0, OK
-    asked = set(zip(instruction_words, instruction_words[1:], instruction_words[2:]))
-    overlap = len(grams & asked) / len(grams)
+    shared = np.intersect1d(grams, _gram_hashes(asked), assume_unique=True).size
+    overlap = shared / grams.size
     if overlap <= _ECHO_OK:
         return 1.0, OK
     value = 1.0 - 0.8 * (overlap - _ECHO_OK) / (1.0 - _ECHO_OK)
@@ -318,8 +332,12 @@ def signal_garbage(texts: Texts) -> tuple[float, str]:
     if not found:
         return 1.0, OK
     share = len(found) / max(1, total)
-    examples = ", ".join(repr(item) for item in list(dict.fromkeys(found))[:3])
+    examples = ", ".join(f'"{_visible(item)}"' for item in list(dict.fromkeys(found))[:3])
     return max(0.0, 0.7 - 10 * share), f"{len(found)} garbage characters ({examples})"
+
+
+def _visible(text: str) -> str:
+    return "".join(char if char.isprintable() else f"\\x{ord(char):02x}" for char in text)
 
 
 _SENTENCE_END = frozenset(".!?:;\"')]}>`*|\u2026\u201d\u2019\u00bb")
@@ -345,7 +363,7 @@ def signal_truncated(texts: Texts) -> tuple[float, str]:
     if last[-1] == ",":
         return 0.4, "answer ends with a comma"
     if len(words) >= 3 and words[-1].lower() in _CONNECTORS:
-        return 0.3, f"answer ends mid-sentence on {words[-1]!r}"
+        return 0.3, f'answer ends mid-sentence on "{words[-1]}"'
     if len(words) >= 8 and answer.count(". ") >= 2:
         return 0.6, "answer ends without final punctuation"
     return 1.0, OK
@@ -362,16 +380,8 @@ SIGNALS: Mapping[str, Signal] = MappingProxyType({
     "truncated": signal_truncated,
 })
 
-DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({
-    "length": 1.0,
-    "ratio": 0.5,
-    "repetition": 1.0,
-    "boilerplate": 1.5,
-    "echo": 1.0,
-    "code": 1.0,
-    "garbage": 1.0,
-    "truncated": 0.75,
-})
+# The manifest schema's defaults (quality.weights): every signal counts the same.
+DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({name: 1.0 for name in SIGNALS})
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -420,7 +430,7 @@ def _score(sample: dict, plan, total: float, threshold: float) -> Record:
     lowest = None
     for name, signal, weight in plan:
         value, reason = signal(texts)
-        signals[name] = {"value": round(value, 4), "reason": reason}
+        signals[name] = {"value": value if value == 1.0 else round(value, 4), "reason": reason}
         weighted += weight * value
         if lowest is None or value < lowest[1]:
             lowest = (name, value, reason)
@@ -431,7 +441,7 @@ def _score(sample: dict, plan, total: float, threshold: float) -> Record:
         return Reject(
             sample["source"],
             f"quality below threshold: {_compare(score, threshold)} "
-            f"(lowest: {name} {value:.2f} {reason!r})",
+            f"(lowest: {name} {value:.2f} '{reason}')",
             **where, excerpt=instruction, detail={"id": sample["id"], "quality": quality})
     return {**sample, "metadata": {**(sample.get("metadata") or {}), "quality": quality}}
 
@@ -448,11 +458,52 @@ def score_sample(sample: dict, *, weights: Mapping[str, float] = DEFAULT_WEIGHTS
 
 
 def score_stream(samples: Iterable[Record], *, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
-                 threshold: float = DEFAULT_THRESHOLD) -> Iterator[Record]:
+                 threshold: float = DEFAULT_THRESHOLD, workers: int = 1) -> Iterator[Record]:
     """Score each sample in turn; Rejects from earlier stages pass through unchanged.
 
-    The weights are checked here, before the first sample is read.
+    The weights are checked here, before the first sample is read. With ``workers`` > 1,
+    chunks of samples are scored in that many processes, in order; parsing Python answers
+    with ``ast`` is most of the cost, so this scales with the cores.
     """
     plan, total = _plan(weights, threshold)
+    if workers > 1:
+        return _parallel(samples, dict(weights), threshold, workers)
     return (sample if isinstance(sample, Reject) else _score(sample, plan, total, threshold)
             for sample in samples)
+
+
+_CHUNK = 256
+_worker_plan: tuple = ()
+
+
+def _parallel(samples: Iterable[Record], weights: dict, threshold: float,
+              workers: int) -> Iterator[Record]:
+    import multiprocessing
+
+    # spawn, not fork: the caller may hold threads or locks a forked child would inherit
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=(weights, threshold)) as pool:
+        for chunk in pool.imap(_score_chunk, _chunks(samples, _CHUNK)):
+            yield from chunk
+
+
+def _chunks(samples: Iterable[Record], size: int) -> Iterator[list]:
+    chunk: list = []
+    for sample in samples:
+        chunk.append(sample)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _start_worker(weights: dict, threshold: float) -> None:
+    global _worker_plan  # one plan per worker process, set once when it starts
+    _worker_plan = (*_plan(weights, threshold), threshold)
+
+
+def _score_chunk(chunk: list) -> list:
+    plan, total, threshold = _worker_plan
+    return [sample if isinstance(sample, Reject) else _score(sample, plan, total, threshold)
+            for sample in chunk]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Union
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -100,11 +100,3 @@ def split_records(records: Iterable[Record]) -> tuple[list[dict], list[Reject]]:
     for record in records:
         (rejects if isinstance(record, Reject) else samples).append(record)
     return samples, rejects
-
-
-def iter_jsonl(path) -> Iterator[tuple[int, str]]:
-    """Yield (line number, text) of the non-blank lines of a UTF-8 JSONL file."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if raw.strip():
-                yield number, raw.decode("utf-8", errors="strict")

@@ -3,12 +3,16 @@
 Facts are a YAML list of mappings or a CSV file with a header row. Templates are a YAML list::
 
     - name: register-purpose        # unique; names the template in errors and provenance
-      when: register                # optional: field(s) a fact must have for this template
+      when: register                # optional: field(s) a fact must have (not null) to use it
       system: "You are ..."         # optional system turn
       questions:                    # the paraphrases of one question
         - "What does {{ register }} at {{ address }} do?"
         - "Explain the {{ register }} register."
       answer: "{{ register }} ({{ address }}): {{ answer }}"
+
+Templates render in a sandbox with ``StrictUndefined``: a field a template uses but a fact lacks
+is an error (guard it with ``when``), not an empty string. A fact's ``topic``, when present, is
+copied into each sample's metadata.
 
 Each fact x applicable template x chosen paraphrase becomes one sample. ``paraphrases`` caps
 how many phrasings each pair gets; which ones is drawn from a generator seeded with the seed,
@@ -115,6 +119,9 @@ def _fact_samples(fact: dict, line: int, template: Template, *, source: str, fac
     render = lambda compiled, part: _render(compiled, fact, template, part, templates_file, where)  # noqa: E731
     answer = render(template.answer, "answer")
     system = render(template.system, "system") if template.system is not None else ""
+    if not answer and teacher is None:
+        yield Reject(source, f"template '{template.name}' rendered an empty answer", file=facts_file, line=line)
+        return
     for index in _choose(len(template.questions), paraphrases, seed, template.name, fact):
         question = render(template.questions[index], f"questions[{index}]")
         if not question:
@@ -133,8 +140,8 @@ def _fact_samples(fact: dict, line: int, template: Template, *, source: str, fac
             generator = f"teacher:{teacher.model}"
             metadata["teacher"] = teacher.model
         if not reply:
-            who = f"teacher {teacher.model}" if teacher is not None else f"template '{template.name}'"
-            yield Reject(source, f"{who} gave an empty answer", file=facts_file, line=line, excerpt=question)
+            yield Reject(source, f"teacher {teacher.model!r} gave an empty answer", file=facts_file,
+                         line=line, excerpt=question)
             continue
         messages.append({"role": "assistant", "content": reply})
         yield make_sample(source, messages, metadata=metadata,
@@ -153,12 +160,11 @@ def _render(compiled: jinja2.Template, fact: dict, template: Template, part: str
             templates_file: str, where: str) -> str:
     try:
         return compiled.render(_context(fact)).strip()
-    except jinja2.TemplateError as exc:
-        problem = exc.message or type(exc).__name__
-    except Exception as exc:  # a filter applied to the wrong type, say: still the template's fault
-        problem = f"{type(exc).__name__}: {exc}"
-    raise TemplateError(f"{templates_file}:{template.line}: template '{template.name}': {problem} "
-                        f"in {part} (rendering the fact at {where})")
+    except Exception as exc:  # undefined names, sandbox refusals, a filter given the wrong type
+        jinja_message = exc.message if isinstance(exc, jinja2.TemplateError) else None
+        problem = jinja_message or f"{type(exc).__name__}: {exc}"
+        raise TemplateError(f"{templates_file}:{template.line}: template '{template.name}': {problem} "
+                            f"in {part} (rendering the fact at {where})") from exc
 
 
 def _context(fact: dict) -> dict:
@@ -307,7 +313,8 @@ def _construct(node: yaml.Node) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+    names = {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _node_kind(node: yaml.Node | None) -> str:

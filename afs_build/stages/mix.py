@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
 from typing import Iterator
 
+from .. import log
+from ..atomic import write_json
 from ..manifest import Manifest
 from ..paths import Layout
 
@@ -46,4 +51,78 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
 
 
 def run(manifest: Manifest, specialist: str) -> None:
-    raise NotImplementedError  # wired to afs_build.data.mix when it lands
+    """Dedup across the mix's sources, decontaminate, draw the mix, write the four outputs."""
+    import tempfile
+
+    from ..data.decontam import Decontaminator
+    from ..data.dedup import DedupIndex
+    from ..data.jsonl import AtomicJsonlWriter, read_jsonl, write_jsonl
+    from ..data.mix import mix as draw
+    from ..data.records import Reject
+
+    layout = Layout.of(manifest)
+    log.setup(layout.log_file)
+    spec = manifest.specialists[specialist]
+    recipe = manifest.mixes[spec.mix]
+    files = layout.mix(specialist)
+    task = f"{NAME}:{specialist}"
+    sources = recipe.sources
+    dd = manifest.dedup
+
+    def scored():
+        for source in sources:
+            yield from read_jsonl(layout.score(source).samples)
+
+    with log.step(task, f"mixing {recipe.name}", specialist=specialist) as summary, \
+            tempfile.TemporaryDirectory(dir=layout.build) as tmp, \
+            AtomicJsonlWriter(files.rejects) as rejects:
+        # Earlier stages' rejects first, so this one file accounts for every dropped record.
+        upstream: dict[str, dict] = {}
+        for source in sources:
+            for stage in (layout.ingest(source), layout.score(source)):
+                for item in read_jsonl(stage.rejects):
+                    rejects.write(item)
+                meta = json.loads(stage.meta.read_text(encoding="utf-8"))
+                for reason, count in meta.get("reject_reasons", {}).items():
+                    upstream.setdefault(source, {})[reason] = upstream.get(source, {}).get(reason, 0) + count
+
+        index = DedupIndex(exact=dd.exact, near=dd.near, threshold=dd.threshold,
+                           num_perm=dd.num_perm, shingle=dd.shingle, seed=manifest.project.seed)
+        if dd.exact or dd.near:
+            for sample in scored():
+                index.add(sample)
+        result = index.finish() if (dd.exact or dd.near) else None
+        questions = eval_questions(manifest) if dd.decontaminate else []
+        checker = Decontaminator(questions)
+        pools = {source: Path(tmp) / f"{source}.jsonl" for source in sources}
+        with contextlib.ExitStack() as stack:
+            writers = {s: stack.enter_context(AtomicJsonlWriter(p)) for s, p in pools.items()}
+            stream = result.apply(scored()) if result is not None else scored()
+            for record in checker.apply(stream):
+                if isinstance(record, Reject):
+                    rejects.write(record)
+                else:
+                    writers[record["source"]].write(record)
+
+        size = ("tokens", recipe.tokens) if recipe.tokens else ("samples", recipe.samples)
+        mixed = draw(
+            {g.name: {s: (lambda p=pools[s]: read_jsonl(p)) for s in g.sources} for g in recipe.groups},
+            {g.name: g.share for g in recipe.groups},
+            target=size[1], unit=size[0], seed=manifest.project.seed, shortfall=recipe.shortfall,
+            upsample_cap=recipe.upsample_cap, eval_fraction=recipe.eval_fraction,
+            name=f"mixes.{recipe.name} (specialist {specialist})", rejects=upstream,
+            dedup_stats=result.stats if result is not None else {"enabled": False},
+            decontam_stats={**checker.stats, "suite": manifest.eval.suite})
+        write_jsonl(files.train, mixed.train)
+        write_jsonl(files.eval, mixed.eval)
+        summary.update(train=len(mixed.train), eval=len(mixed.eval), rejects=rejects.count)
+    write_json(files.stats, {"specialist": specialist, "mix": recipe.name, **mixed.stats})
+
+
+def eval_questions(manifest: Manifest) -> list[str]:
+    """The evaluation questions training data must not contain (from eval.suite)."""
+    from ..data.jsonl import read_jsonl
+
+    if not manifest.eval.suite:
+        return []
+    return [q["question"] for q in read_jsonl(manifest.resolve(manifest.eval.suite)) if q.get("question")]
