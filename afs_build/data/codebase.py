@@ -365,12 +365,12 @@ class _PythonReader:
         where = {"line": node.lineno, "symbol": qualname}
         if isinstance(node, ast.ClassDef):
             header = self._class_header(node)
-            self.definitions.append(Definition(qualname, rel, node.lineno, "python", "class", header))
+            self.definitions.append(Definition(qualname, rel, node.lineno, "python", "class", header + ": ..."))
             about = {"kind": "class", "symbol_kind": "class", **where}
             out = []
             if doc:
                 out.append(self._sample(f"What is the class `{qualname}` in `{rel}` for?",
-                                        f"```python\n{header}\n```\n\n{_clip(doc)}", question_type="purpose", **about))
+                                        f"```python\n{header}: ...\n```\n\n{_clip(doc)}", question_type="purpose", **about))
             methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
             if methods:
                 listing = "\n".join(self._member_line(m) for m in methods)
@@ -393,9 +393,9 @@ class _PythonReader:
             if not doc:
                 return []  # protocol methods are only worth a sample when they say something
         else:
-            self.definitions.append(Definition(qualname, rel, node.lineno, "python", symbol_kind, signature))
+            self.definitions.append(Definition(qualname, rel, node.lineno, "python", symbol_kind, signature + ": ..."))
         about = {"kind": "function", "symbol_kind": symbol_kind, **where}
-        block = f"```python\n{signature}\n```"
+        block = f"```python\n{signature}: ...\n```"  # a stub, so the block is valid Python
         out = []
         if doc:
             out.append(self._sample(f"What does `{qualname}` in `{rel}` do?", f"{block}\n\n{_clip(doc)}",

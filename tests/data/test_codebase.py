@@ -183,7 +183,7 @@ def test_python_module_functions_and_classes(repo: Path):
     ]
     assert qa["What is the Python module `src/engine.py` for?"] == "Tile engine: uploads graphics to VRAM during V-blank."
     assert qa["What does `upload` in `src/engine.py` do?"] == (
-        "```python\ndef upload(tiles: list[bytes], *, address: int = 0x4000) -> int\n```\n\n"
+        "```python\ndef upload(tiles: list[bytes], *, address: int = 0x4000) -> int: ...\n```\n\n"
         "Queue tiles for the next V-blank.\n\nReturns the number of bytes queued."
     )
     assert qa["What parameters does `upload` in `src/engine.py` take?"] == (
@@ -191,7 +191,7 @@ def test_python_module_functions_and_classes(repo: Path):
         "It is annotated to return `int`."
     )
     assert qa["What is the signature of `Queue.push` in `src/engine.py`?"] == (
-        "```python\ndef push(self, item, /, priority=0, *rest, **options) -> None\n```"
+        "```python\ndef push(self, item, /, priority=0, *rest, **options) -> None: ...\n```"
     )
     assert qa["What parameters does `Queue.push` in `src/engine.py` take?"] == (
         "`Queue.push` takes:\n- `item` (positional-only)\n- `priority=0`\n"
@@ -215,7 +215,7 @@ def test_python_module_functions_and_classes(repo: Path):
     )
     assert qa["Which file defines `upload`?"] == (
         "`upload` is defined in `src/engine.py` (line 6):\n\n"
-        "```python\ndef upload(tiles: list[bytes], *, address: int = 0x4000) -> int\n```"
+        "```python\ndef upload(tiles: list[bytes], *, address: int = 0x4000) -> int: ...\n```"
     )
     push = next(s for s in samples if s["messages"][0]["content"].startswith("What does `Queue.push`"))
     assert push["provenance"] == {"path": "src/engine.py", "line": 20, "symbol": "Queue.push"}
@@ -307,7 +307,7 @@ def test_other_languages_and_shared_names(tmp_path: Path):
     assert qa["What does the function `copy_model` in `scripts/deploy` do?"] == "```sh\ncopy_model() {\n```\n\nCopy one model."
     assert qa["Which file defines `fx_mul`?"] == (
         "`fx_mul` is defined in 2 places:\n- `lib/math.c` (line 12): `int32_t fx_mul(int32_t a, int32_t b)`\n"
-        "- `tools/fx.py` (line 4): `def fx_mul(a, b)`"
+        "- `tools/fx.py` (line 4): `def fx_mul(a, b): ...`"
     )
     languages = {s["provenance"]["path"]: s["metadata"]["language"] for s in samples}
     assert languages == {"lib/math.c": "c", "web/app.ts": "typescript", "cmd/main.go": "go", "src/lib.rs": "rust",
