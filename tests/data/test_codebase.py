@@ -199,7 +199,7 @@ def test_python_module_functions_and_classes(repo: Path):
         "It is annotated to return `None`."
     )
     assert qa["What is the class `Queue` in `src/engine.py` for?"] == (
-        "```python\nclass Queue(Base)\n```\n\nA FIFO of pending DMA transfers."
+        "```python\nclass Queue(Base): ...\n```\n\nA FIFO of pending DMA transfers."
     )
     assert qa["What methods does the class `Queue` in `src/engine.py` have?"] == (
         "`Queue` defines these methods:\n- `def push(self, item, /, priority=0, *rest, **options) -> None`: "
