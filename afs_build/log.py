@@ -94,7 +94,8 @@ class _ConsoleHandler(logging.StreamHandler):
             text += f" in {duration:.1f}s"
         details = {k: getattr(record, k, None) for k in ("count",)}
         details.update(getattr(record, "data", None) or {})
-        shown = ", ".join(f"{k}={v}" for k, v in details.items() if v is not None and not isinstance(v, dict))
+        shown = ", ".join(f"{k}={v}" for k, v in details.items()
+                          if v is not None and not isinstance(v, dict) and k != "error")
         if shown:
             text += f" ({shown})"
         return redact(f"[{where}] {text}" if where else text)
@@ -115,7 +116,7 @@ def step(task: str, message: str, **fields: Any) -> Iterator[dict]:
     try:
         yield extra
     except Exception as err:
-        event(f"{message}: failed: {err}", task=task, level=logging.ERROR,
+        event(f"{message}: failed", task=task, level=logging.ERROR, error=str(err),
               duration_s=round(time.perf_counter() - started, 3), **fields)
         raise
     event(f"{message}: done", task=task, duration_s=round(time.perf_counter() - started, 3),

@@ -41,7 +41,8 @@ def test_failed_step_is_logged_as_an_error(log_file):
             raise ValueError("group 'expert' is empty")
     failed = records(log_file)[-1]
     assert failed["level"] == "error" and failed["specialist"] == "alpha"
-    assert failed["event"] == "mixing: failed: group 'expert' is empty"
+    assert failed["event"] == "mixing: failed"
+    assert failed["data"]["error"] == "group 'expert' is empty"
 
 
 def test_secrets_never_reach_the_log(log_file, monkeypatch):

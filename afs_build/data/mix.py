@@ -136,7 +136,7 @@ def _reader(pool: Pool) -> Callable[[], Iterable[dict]]:
 
 
 def _check(pools, shares, target, unit, shortfall, upsample_cap, eval_fraction, name) -> None:
-    where = f"mix for {name!r}"
+    where = name
     if unit not in UNITS:
         raise MixError(f"{where}: unit must be one of {one_of(UNITS)}, got {unit!r}"
                        f"{suggest(unit, UNITS)}")
@@ -240,7 +240,7 @@ def _fit(groups, needs, target, unit, shortfall, cap, name) -> float:
         return 1.0
     if shortfall == "fail":
         raise MixError("\n".join(
-            f"mix for {name!r}: group {group.name!r} has {_amount(_have(group, unit), unit)} "
+            f"{name}: group {group.name!r} has {_amount(_have(group, unit), unit)} "
             f"but needs {_amount(need, unit)} (share {group.share:.2f} of "
             f"{_amount(target, unit)}); add data to it, lower its share or the target, "
             f"or change shortfall 'fail' to 'upsample' or 'shrink'"
@@ -248,7 +248,7 @@ def _fit(groups, needs, target, unit, shortfall, cap, name) -> float:
     factor = cap if shortfall == "upsample" else 1.0
     for group in groups:
         if not _have(group, unit):
-            raise MixError(f"mix for {name!r}: group {group.name!r} has no samples left for "
+            raise MixError(f"{name}: group {group.name!r} has no samples left for "
                            f"training, so shortfall {shortfall!r} would shrink the whole mix "
                            f"to nothing; add data to it or remove the group")
     scale = min(1.0, min(_have(group, unit) * factor / (group.share * target)
@@ -298,7 +298,7 @@ def _fetch(groups: list[_Group], readers: list, name: str) -> dict[tuple[int, in
             for position, sample in items:
                 entry = positions[position]
                 if sample["id"] != group.ids[entry]:
-                    raise MixError(f"mix for {name!r}: a pool of group {group.name!r} gave "
+                    raise MixError(f"{name}: a pool of group {group.name!r} gave "
                                    f"different samples on its second reading (sample "
                                    f"{position} was {group.ids[entry]!r}, now "
                                    f"{sample['id']!r}); pools must read the same each time")

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Iterator, Optional
 
 from .. import log
 from ..paths import StageFiles
+
+
+def user_errors(action: Callable) -> Callable:
+    """Wrap a task action so that a user mistake fails the task with its message, no traceback."""
+
+    @functools.wraps(action)
+    def run(*args, **kwargs):
+        from doit.exceptions import TaskFailed
+
+        from ..errors import AfsError
+
+        try:
+            return action(*args, **kwargs)
+        except AfsError as err:
+            return TaskFailed(err.render())
+
+    return run
 
 
 def write_records(records: Iterable, files: StageFiles, task: str,

@@ -10,7 +10,7 @@ from ..atomic import write_json
 from ..errors import StageError
 from ..manifest import Manifest, Source, plain
 from ..paths import Layout
-from .common import write_records
+from .common import user_errors, write_records
 
 NAME = "ingest"
 # Bump when a converter's output changes for the same input: every source re-ingests.
@@ -103,6 +103,7 @@ def records(manifest: Manifest, source: Source, layout: Layout):
     raise StageError(f"source {source.name!r}: no converter for kind {source.kind!r}")
 
 
+@user_errors
 def run(manifest: Manifest, name: str) -> None:
     """Stream the source's records into samples.jsonl and rejects.jsonl, then the sidecar."""
     layout = Layout.of(manifest)

@@ -11,6 +11,7 @@ from .. import log
 from ..atomic import write_json
 from ..manifest import Manifest
 from ..paths import Layout
+from .common import user_errors
 
 NAME = "mix"
 MIXER_VERSION = 1
@@ -50,6 +51,7 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         }
 
 
+@user_errors
 def run(manifest: Manifest, specialist: str) -> None:
     """Dedup across the mix's sources, decontaminate, draw the mix, write the four outputs."""
     import tempfile
@@ -110,7 +112,7 @@ def run(manifest: Manifest, specialist: str) -> None:
             {g.name: g.share for g in recipe.groups},
             target=size[1], unit=size[0], seed=manifest.project.seed, shortfall=recipe.shortfall,
             upsample_cap=recipe.upsample_cap, eval_fraction=recipe.eval_fraction,
-            name=f"mixes.{recipe.name} (specialist {specialist})", rejects=upstream,
+            name=f"{manifest.file.name}: mixes.{recipe.name} (for specialist {specialist!r})", rejects=upstream,
             dedup_stats=result.stats if result is not None else {"enabled": False},
             decontam_stats={**checker.stats, "suite": manifest.eval.suite})
         write_jsonl(files.train, mixed.train)

@@ -8,7 +8,7 @@ from .. import log
 from ..atomic import write_json
 from ..manifest import Manifest
 from ..paths import Layout
-from .common import read_samples, write_records
+from .common import read_samples, user_errors, write_records
 
 NAME = "score"
 SCORER_VERSION = 1
@@ -32,6 +32,7 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         }
 
 
+@user_errors
 def run(manifest: Manifest, source: str) -> None:
     """Read the ingested samples, write the kept ones with their scores and the rejects."""
     from ..data.quality import score_stream

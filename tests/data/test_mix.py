@@ -106,7 +106,7 @@ def test_fail_names_the_group_what_it_has_and_needs_and_the_fix():
     with pytest.raises(MixError) as caught:
         mix(pools(general=100), SHARES, target=1000, shortfall="fail", name="snes")
     assert str(caught.value) == (
-        "mix for 'snes': group 'general' has 100 samples but needs 250 samples (share 0.25 of "
+        "snes: group 'general' has 100 samples but needs 250 samples (share 0.25 of "
         "1,000 samples); add data to it, lower its share or the target, or change shortfall "
         "'fail' to 'upsample' or 'shrink'")
 
@@ -121,7 +121,7 @@ def test_an_empty_group_cannot_be_shrunk_or_upsampled():
         with pytest.raises(MixError) as caught:
             mix(pools(general=0), SHARES, target=100, shortfall=policy)
         assert str(caught.value) == (
-            f"mix for 'mix': group 'general' has no samples left for training, so shortfall "
+            f"mix: group 'general' has no samples left for training, so shortfall "
             f"'{policy}' would shrink the whole mix to nothing; add data to it or remove the "
             f"group")
 
@@ -169,17 +169,17 @@ def test_repeated_ids_in_a_pool_are_dropped():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"shares": {"expert": 0.6, "general": 0.25, "synthetic": 0.1}},
-     "mix for 'mix': shares must sum to 1, got 0.95 (expert=0.6, general=0.25, synthetic=0.1)"),
+     "mix: shares must sum to 1, got 0.95 (expert=0.6, general=0.25, synthetic=0.1)"),
     ({"shares": {"expert": 0.6, "generall": 0.25, "synthetic": 0.15}},
-     "mix for 'mix': group 'generall' has a share but no pools (did you mean 'general'?)"),
+     "mix: group 'generall' has a share but no pools (did you mean 'general'?)"),
     ({"shortfall": "upsampel"},
-     "mix for 'mix': shortfall must be one of 'fail', 'shrink', 'upsample', got 'upsampel' "
+     "mix: shortfall must be one of 'fail', 'shrink', 'upsample', got 'upsampel' "
      "(did you mean 'upsample'?)"),
     ({"unit": "token"},
-     "mix for 'mix': unit must be one of 'samples', 'tokens', got 'token' "
+     "mix: unit must be one of 'samples', 'tokens', got 'token' "
      "(did you mean 'tokens'?)"),
-    ({"target": 0}, "mix for 'mix': target must be a whole number >= 1, got 0"),
-    ({"eval_fraction": 1.0}, "mix for 'mix': eval_fraction must be in [0, 1), got 1.0"),
+    ({"target": 0}, "mix: target must be a whole number >= 1, got 0"),
+    ({"eval_fraction": 1.0}, "mix: eval_fraction must be in [0, 1), got 1.0"),
 ])
 def test_arguments_are_checked(kwargs, message):
     arguments = {"shares": SHARES, "target": 100, **kwargs}
