@@ -17,11 +17,19 @@ EMBEDDED_PARAMS_B = {"smollm2-135m-instruct": 0.135}
 SHARE_TOLERANCE = 1e-6
 
 
-def cross_problems(data: dict, positions: Positions, root: Path) -> list[Problem]:
-    """Every cross-reference problem of schema-valid, defaulted manifest data."""
+def cross_problems(data: dict, positions: Positions, root: Path, *, tolerant: bool = False) -> list[Problem]:
+    """Every cross-reference problem of defaulted manifest data.
+
+    With `tolerant` (the schema already found problems), a check that meets data of the
+    wrong shape is skipped: the schema problem is the one to fix first.
+    """
     problems: list[Problem] = []
     for check in CHECKS:
-        problems.extend(check(data, positions, root))
+        try:
+            problems.extend(check(data, positions, root))
+        except (TypeError, KeyError, AttributeError, ValueError):
+            if not tolerant:
+                raise
     return problems
 
 

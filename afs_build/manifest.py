@@ -348,11 +348,12 @@ def load(path: str | Path, shown: str | None = None) -> Manifest:
     if not isinstance(raw, dict):
         raise ManifestError(problems=[positions.problem((), f"expected a mapping of sections "
                             f"(project, models, specialists, ...), got {schema._describe(raw)}")])
+    root = schema.load_schema(SCHEMA)
     problems = schema.schema_problems(raw, SCHEMA, positions)
-    if problems:
-        raise ManifestError(problems=problems)
-    data = schema.apply_defaults(raw, schema.load_schema(SCHEMA), schema.load_schema(SCHEMA))
-    problems = checks.cross_problems(data, positions, file.parent)
+    data = schema.apply_defaults(raw, root, root)
+    # The cross-reference checks run even when the schema found problems, so the user sees
+    # everything at once; a check that meets a malformed section is skipped (checks.py).
+    problems += checks.cross_problems(data, positions, file.parent, tolerant=bool(problems))
     if problems:
         raise ManifestError(problems=problems)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

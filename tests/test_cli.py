@@ -31,10 +31,12 @@ def test_validate_reports_every_problem_and_exits_1_without_traceback(project, m
     result = afs("validate", "afs.yaml", cwd=project.root)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    where = at(path, "80\n", name="afs.yaml")
+    # The schema problem and the cross-reference problem come out together.
     assert result.stderr.splitlines() == [
-        f"{where}: "
-        "specialists.alpha.port: expected a number >= 1024, got 80"]
+        f"{at(path, '80' + chr(10), name='afs.yaml')}: specialists.alpha.port: expected a "
+        "number >= 1024, got 80",
+        f"{at(path, 'genral', name='afs.yaml')}: specialists.beta.mix: unknown mix 'genral'; "
+        "expected one of: 'general' (did you mean 'general'?)"]
 
 
 def test_validate_checks_schema_files(tmp_path, capsys):
