@@ -90,3 +90,28 @@ def test_every_dropped_record_has_a_reason(project, minimal):
     assert reasons == ["duplicate", "duplicate", "malformed JSON: Expecting property name enclosed in double quotes"]
     broken = next(r for r in rejects if r["reason"].startswith("malformed"))
     assert (broken["file"], broken["line"]) == ("chat.jsonl", 9)
+
+
+def test_a_group_left_empty_stops_the_build_with_a_clear_message(project, minimal):
+    minimal["sources"]["junk"] = {"kind": "custom", "path": "junk.jsonl", "format": "alpaca"}
+    minimal["mixes"]["general"]["groups"] = {"all": {"share": 0.5, "sources": ["chat"]},
+                                             "junk": {"share": 0.5, "sources": ["junk"]}}
+    project.write(minimal, {"junk.jsonl": '{"question": "no instruction field"}\n'})
+    result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "mix:alpha"],
+                            cwd=project.root, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "afs.yaml: mixes.general (for specialist 'alpha'): group 'junk' has " in result.stdout + result.stderr
+    assert not (project.root / "build/data/mix/alpha/train.jsonl").exists()  # nothing half-written
+
+
+def test_mix_outputs_load_with_datasets(project, minimal):
+    import datasets
+
+    project.write(minimal)
+    doit(project)
+    folder = project.root / "build/data/mix/alpha"
+    loaded = datasets.load_dataset("json", data_files={"train": str(folder / "train.jsonl")},
+                                   cache_dir=str(project.root / "hf-cache"))
+    assert loaded["train"].num_rows == 4
+    assert loaded["train"][0]["messages"][-1]["role"] == "assistant"
