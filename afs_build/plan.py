@@ -65,6 +65,10 @@ def _reasons(task, tasks: dict, dep) -> list[str]:
             out.extend(f"input content changed: {path}" for path in value)
         elif reason == "missing_target":
             out.extend(f"output missing: {path}" for path in value)
+        elif reason == "added_file_dep":
+            out.extend(f"new input: {path}" for path in value)
+        elif reason == "removed_file_dep":
+            out.extend(f"input removed: {path}" for path in value)
         elif reason == "has_no_dependencies":
             out.append("always runs (no inputs)")
         elif reason == "checker_changed":
