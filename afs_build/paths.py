@@ -8,7 +8,9 @@ Everything goes under the project's build folder (``project.build_dir``)::
       data/ingest/<source>/         samples.jsonl, rejects.jsonl, meta.json
       data/score/<source>/          samples.jsonl, rejects.jsonl, meta.json
       data/mix/<specialist>/        train.jsonl, eval.jsonl, stats.json, rejects.jsonl
-      specialists/<specialist>/     everything one specialist's later stages write
+      models/<model>/               hf/ (a local copy of the base, for embedded models), base.json
+      specialists/<specialist>/     train/: train.py, sky.yaml, checkpoints/, adapter/,
+                                    metrics.jsonl, training_summary.json, train.log
 
 Names are validated as safe slugs before they get here, so joining them is safe.
 """
@@ -64,6 +66,57 @@ class MixFiles:
 
 
 @dataclass(frozen=True)
+class BaseFiles:
+    """A base model's folder: the HF copy (embedded models only) and its sidecar report."""
+
+    folder: Path
+
+    @property
+    def hf(self) -> Path:
+        return self.folder / "hf"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "base.json"
+
+
+@dataclass(frozen=True)
+class TrainFiles:
+    """What ``render:<specialist>`` and ``train:<specialist>`` write."""
+
+    folder: Path
+
+    @property
+    def script(self) -> Path:
+        return self.folder / "train.py"
+
+    @property
+    def sky_task(self) -> Path:
+        return self.folder / "sky.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+    @property
+    def adapter(self) -> Path:
+        return self.folder / "adapter"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        """The sidecar later stages depend on (never the adapter weights themselves)."""
+        return self.folder / "training_summary.json"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "train.log"
+
+
+@dataclass(frozen=True)
 class Layout:
     """The build folder's layout for one manifest."""
 
@@ -92,6 +145,12 @@ class Layout:
 
     def specialist(self, name: str) -> Path:
         return self.build / "specialists" / name
+
+    def base(self, model: str) -> BaseFiles:
+        return BaseFiles(self.build / "models" / model)
+
+    def train(self, specialist: str) -> TrainFiles:
+        return TrainFiles(self.specialist(specialist) / "train")
 
     def cache(self, kind: str) -> Path:
         """Shared caches (teacher answers, converted base models), keyed by content inside."""
