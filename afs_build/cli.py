@@ -118,7 +118,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           "tokens_per_second": round(c.estimate.tokens_per_second, 1),
                           "hours": round(c.estimate.hours, 4),
                           "price_per_hour": c.estimate.price_per_hour,
-                          "cost": round(c.estimate.cost, 4)} for c in costs],
+                          "cost": round(c.estimate.cost, 4),
+                          "actual_hours": c.actual_hours and round(c.actual_hours, 4),
+                          "actual_cost": c.actual_cost} for c in costs],
             "total": {"hours": round(sum(c.estimate.hours for c in costs), 4),
                       "cost": round(sum(c.estimate.cost for c in costs), 4)},
         }, indent=2))
@@ -136,6 +138,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                   f"   ({c.gpu} ×{c.count} on {c.hardware}, {e.tokens:,} tokens × "
                   f"{manifest.specialists[c.specialist].epochs:g} epochs from {e.tokens_source}, "
                   f"~{e.tokens_per_second:,.0f} tokens/s)")
+            if c.actual_hours is not None:
+                print(f"      last run: {_hours(c.actual_hours)} = ${c.actual_cost:.2f}")
         total = sum(c.estimate.cost for c in costs)
         local = sum(c.estimate.hours for c in costs if manifest.hardware[c.hardware].backend == "local")
         rented = [c.estimate.hours for c in costs if manifest.hardware[c.hardware].backend != "local"]

@@ -80,6 +80,29 @@ class TreeChanged:
         return f"TreeChanged({self.label!r})"
 
 
+class DigestChanged:
+    """doit ``uptodate``: true while `compute()` returns what it returned at the last success.
+
+    For inputs whose content is summarised by a cheap digest (a model folder's config,
+    tokenizer and weight headers) rather than by hashing every byte.
+    """
+
+    def __init__(self, label: str, compute: Callable[[], str]):
+        self.label = label
+        self.compute = compute
+        self.value: str | None = None
+
+    def configure_task(self, task) -> None:
+        task.value_savers.append(lambda: {f"digest:{self.label}": self.value})
+
+    def __call__(self, task, values) -> bool:
+        self.value = self.compute()
+        return values.get(f"digest:{self.label}") == self.value
+
+    def __repr__(self) -> str:
+        return f"DigestChanged({self.label!r})"
+
+
 def file_digest(path: Path) -> str:
     """Content digest of one file (xxh3-128: fast, and only compared with itself)."""
     import xxhash

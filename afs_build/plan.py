@@ -86,6 +86,8 @@ class CostLine:
     gpu: str
     count: int
     estimate: estimate.TrainingEstimate
+    actual_hours: Optional[float] = None  # from the last training run, where there was one
+    actual_cost: Optional[float] = None
 
 
 def training_costs(manifest: Manifest, hardware_override: Optional[dict[str, str]] = None) -> list[CostLine]:
@@ -101,8 +103,22 @@ def training_costs(manifest: Manifest, hardware_override: Optional[dict[str, str
         tokens, where = _train_tokens(layout, spec, mix)
         tps = estimate.throughput(hw.gpu, hw.count, params, hw.tokens_per_second)
         est = estimate.training(tokens, spec.epochs, tps, hw.overhead_minutes, hw.price_per_hour, where)
-        lines.append(CostLine(spec.name, spec.title, hw.name, hw.gpu, hw.count, est))
+        actual = _actual(layout, spec.name)
+        lines.append(CostLine(spec.name, spec.title, hw.name, hw.gpu, hw.count, est,
+                              *(actual if actual else (None, None))))
     return lines
+
+
+def _actual(layout: Layout, name: str) -> Optional[tuple[float, float]]:
+    """Hours and dollars of the last recorded training run of `name`."""
+    path = layout.train(name).summary
+    if not path.exists():
+        return None
+    try:
+        afs = json.loads(path.read_text(encoding="utf-8"))["afs"]
+        return afs["wall_seconds"] / 3600, afs["cost"]
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def _train_tokens(layout: Layout, spec, mix) -> tuple[int, str]:
