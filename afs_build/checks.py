@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import estimate
+from .training.base import EMBEDDED
 from .errors import Problem, one_of, suggest
 from .yamlload import Positions
 
-EMBEDDED_PARAMS_B = {"smollm2-135m-instruct": 0.135}
+EMBEDDED_PARAMS_B = {name: model.params_b for name, model in EMBEDDED.items()}
 SHARE_TOLERANCE = 1e-6
 
 

@@ -79,7 +79,7 @@ def run(manifest: Manifest, name: str) -> None:
     with log.step(task, f"preparing {model.kind} base model"):
         if model.kind == "embedded":
             if not (files.hf / "config.json").exists():
-                base.materialize_embedded(model.embedded, files.hf)
+                base.materialize_embedded(model.embedded, files.hf, task=task)
             report = base.inspect_base(files.hf)
             digest = base.base_digest(files.hf)
         elif model.kind == "path":
