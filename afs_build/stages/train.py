@@ -77,8 +77,8 @@ def run(manifest: Manifest, name: str) -> None:
         else:
             from ..training.skypilot import cluster_name, launch
 
-            summary = launch(files.sky_task, cluster=cluster_name(manifest, name), out=files.folder,
-                             log_file=files.log)
+            summary = launch(files.sky_task, cluster=cluster_name(manifest.project.name, name),
+                             out=files.folder, log_file=files.log, price_per_hour=hw.price_per_hour)
         wall = time.time() - started
         summary_fields.update(steps=summary.get("steps"), train_loss=summary.get("train_loss"))
     summary["afs"] = {"hardware": plain(hw), "wall_seconds": round(wall, 1),
