@@ -15,10 +15,10 @@ from typing import Callable, Iterable, Iterator
 
 from .manifest import Manifest, plain
 from .paths import Layout
-from .stages import ingest, mix, score
+from .stages import base, ingest, mix, render, score, train
 
 # The pipeline in order. Each later issue appends its stage here.
-STAGES = (ingest, score, mix)
+STAGES = (ingest, score, mix, base, render, train)
 
 
 class SliceChanged:

@@ -40,7 +40,8 @@ def two_mixes(minimal):
 
 def test_task_names_follow_stage_and_name(project, minimal):
     names = [t["name"] for t in graph.all_tasks(load(project.write(minimal)))]
-    assert names == ["ingest:chat", "score:chat", "mix:alpha", "mix:beta"]
+    assert names == ["ingest:chat", "score:chat", "mix:alpha", "mix:beta", "base:tiny",
+                     "render:alpha", "render:beta", "train:alpha", "train:beta"]
 
 
 def test_mix_edit_replans_only_that_specialist(project, two_mixes):
@@ -64,10 +65,9 @@ def test_source_edit_replans_its_ingest(project, two_mixes):
 @pytest.mark.parametrize("edit", [
     lambda m: m.update(site={"title": "New title"}),
     lambda m: m["specialists"]["alpha"].update(port=7001),
-    lambda m: m["specialists"]["alpha"].update(system_prompt="Be brief."),
     lambda m: m.update(deploy={"publisher": "me"}),
-], ids=["site-title", "port", "system-prompt", "deploy"])
-def test_unrelated_edits_replan_no_data_task(project, two_mixes, edit):
+], ids=["site-title", "port", "deploy"])
+def test_unrelated_edits_replan_nothing(project, two_mixes, edit):
     assert changed_tasks(project, two_mixes, edit) == set()
 
 
@@ -95,8 +95,11 @@ def test_doit_list_shows_every_task_with_its_doc(project, minimal):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [
-        "ingest", "ingest:chat", "score", "score:chat", "mix", "mix:alpha", "mix:beta"]
-    assert "ingest:chat   Convert custom source 'chat' into canonical samples." in lines
+        "ingest", "ingest:chat", "score", "score:chat", "mix", "mix:alpha", "mix:beta",
+        "base", "base:tiny", "render", "render:alpha", "render:beta", "train", "train:alpha",
+        "train:beta"]
+    assert "ingest:chat Convert custom source 'chat' into canonical samples." in {
+        " ".join(line.split()) for line in lines}
 
 
 def test_doit_on_an_invalid_manifest_prints_the_problems_without_a_traceback(project, minimal):
@@ -114,3 +117,27 @@ def test_doit_state_lives_under_the_build_folder(project, minimal):
     project.write(minimal)
     assert graph.namespace(load(project.manifest))["DOIT_CONFIG"]["dep_file"] == \
         str(project.root / "build" / ".doit.db")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["specialists"]["alpha"].setdefault("lora", {}).update(r=8),
+    lambda m: m["specialists"]["alpha"].update(system_prompt="Be brief."),
+    lambda m: m["specialists"]["alpha"].update(learning_rate=0.001),
+], ids=["lora-r", "system-prompt", "learning-rate"])
+def test_training_edits_rerender_only_that_specialist(project, two_mixes, edit):
+    # train:alpha follows through the rendered script's content (its file_dep).
+    assert changed_tasks(project, two_mixes, edit) == {"render:alpha"}
+
+
+def test_hardware_edit_retrains_who_uses_it(project, two_mixes):
+    two_mixes["hardware"]["other"] = {"vram_gb": 8}
+    two_mixes["specialists"]["beta"]["hardware"] = "other"
+
+    def edit(m):
+        m["hardware"]["other"]["vram_gb"] = 16  # memory and price change no training
+        m["hardware"]["other"]["price_per_hour"] = 0.5
+    assert changed_tasks(project, two_mixes, edit) == set()
+
+    def edit(m):
+        m["hardware"]["other"]["gpu"] = "RTX4090"
+    assert changed_tasks(project, two_mixes, edit) == {"render:beta", "train:beta"}

@@ -25,6 +25,8 @@ def setup(project, minimal):
 
 
 def doit(project, *args):
+    """Run doit on the data stages (or on `args`), return the tasks that ran."""
+    args = args or ("ingest", "score", "mix")
     result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
                             cwd=project.root, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "AFS_MANIFEST": "afs.yaml"})
@@ -33,7 +35,9 @@ def doit(project, *args):
 
 
 def runs(path) -> dict[str, tuple[str, ...]]:
-    return {t.name: t.reasons for t in plan.task_plans(load(path)) if t.runs}
+    """The data tasks that would run, with their reasons."""
+    data = ("ingest:", "score:", "mix:")
+    return {t.name: t.reasons for t in plan.task_plans(load(path)) if t.runs and t.name.startswith(data)}
 
 
 def test_build_then_nothing_to_do_then_only_what_changed(project, minimal):

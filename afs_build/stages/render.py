@@ -27,8 +27,13 @@ def training_slice(manifest: Manifest, name: str) -> dict:
             "base_precision", "hardware")
     return {"specialist": {k: getattr(spec, k) for k in keep},
             "model": manifest.models[spec.base],
-            "hardware": manifest.hardware[spec.hardware],
+            "hardware": hardware_slice(manifest.hardware[spec.hardware]),
             "seed": manifest.project.seed}
+
+
+def hardware_slice(hw) -> dict:
+    """What of a hardware entry changes how training runs (not its price or memory)."""
+    return {"backend": hw.backend, "gpu": hw.gpu, "count": hw.count, "infra": hw.infra, "spot": hw.spot}
 
 
 def template_files(manifest: Manifest, name: str) -> list[str]:

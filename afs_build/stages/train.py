@@ -13,6 +13,7 @@ from ..atomic import write_json
 from ..manifest import Manifest, plain
 from ..paths import Layout
 from .common import user_errors
+from .render import hardware_slice
 
 NAME = "train"
 
@@ -37,9 +38,7 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
             # The adapter's weights are not a target doit hashes: later stages depend on the
             # summary, written last and atomically.
             "targets": [str(files.summary)],
-            "uptodate": [SliceChanged(f"hardware.{hw.name}", {"backend": hw.backend, "gpu": hw.gpu,
-                                                               "count": hw.count, "infra": hw.infra,
-                                                               "spot": hw.spot})],
+            "uptodate": [SliceChanged(f"hardware.{hw.name}", hardware_slice(hw))],
             "clean": True,
         }
 
