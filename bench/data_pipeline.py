@@ -8,15 +8,16 @@ exact copies and 10% near copies of earlier records under other repositories, pl
 broken, leaky and low-quality records) in a temporary folder, then runs the same four steps
 two ways, each in its own process so that their memory peaks do not mix:
 
-- afs: file-to-file streaming stages with this package (convert_codesearchnet, score_stream,
-  the two-pass DedupIndex, mix), writing JSONL between steps;
+- afs: file-to-file streaming stages with this package (convert_codesearchnet, score_file,
+  the two-pass DedupIndex, mix over pools read from disk), writing JSONL between steps;
 - baseline: the straightforward `datasets` version: load_dataset("json"), map to convert,
   map to score and filter, sort by score and filter exact duplicates through a set, near
   duplicates through datasketch MinHashLSH, then shuffle/select/train_test_split to mix.
 
 Both use the same conversion and scoring functions, so the comparison is of the pipeline
 machinery. Throughput is CodeSearchNet records per second (each record gives two samples).
-Peak memory per step is the highest RSS sampled every 10 ms during the step.
+Peak memory per step is the highest RSS of the stage's process sampled every 10 ms; with
+``--workers`` above 1 the scoring processes come on top (their peak is reported apart).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +238,7 @@ def run_afs(csn: Path, work: Path, seed: int, workers: int = 1) -> dict:
     from afs_build.data.dedup import DedupIndex
     from afs_build.data.jsonl import AtomicJsonlWriter, read_jsonl, write_jsonl
     from afs_build.data.mix import mix
-    from afs_build.data.quality import DEFAULT_WEIGHTS, score_stream
+    from afs_build.data.quality import DEFAULT_WEIGHTS, score_file
     from afs_build.data.records import Reject
 
     results: dict = {}
@@ -259,10 +261,10 @@ def run_afs(csn: Path, work: Path, seed: int, workers: int = 1) -> dict:
             _csn_convert([csn], SOURCE), work / "samples.jsonl", work / "rejects.convert.jsonl")
 
     def score():
-        counts["scored"], counts["quality_rejects"] = split(
-            score_stream(read_jsonl(work / "samples.jsonl"), weights=DEFAULT_WEIGHTS,
-                         threshold=THRESHOLD, workers=workers),
-            work / "scored.jsonl", work / "rejects.quality.jsonl")
+        scored = score_file(work / "samples.jsonl", work / "scored.jsonl",
+                            work / "rejects.quality.jsonl", weights=DEFAULT_WEIGHTS,
+                            threshold=THRESHOLD, workers=workers)
+        counts["scored"], counts["quality_rejects"] = scored["samples"], scored["rejects"]
 
     def dedup():
         index = DedupIndex(threshold=0.85, num_perm=128, shingle=5, seed=seed)
@@ -317,6 +319,7 @@ def run_baseline(csn: Path, work: Path, seed: int) -> dict:
     from afs_build.data.records import Reject, make_sample
 
     datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # pyarrow sort options
     try:
         from afs_build.data.codesearchnet import DIRECTIONS, REQUIRED, pair
         from afs_build.data.custom import Unusable
@@ -434,6 +437,7 @@ def child(args) -> None:
     else:
         result = run_baseline(Path(args.csn), work, args.seed)
     result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["worker_max_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps(result))
 
 
@@ -472,6 +476,8 @@ def report(records: int, afs: dict, baseline: dict | None, baseline_records: int
         line += (f" {totals['base']:8.1f} {baseline_records / totals['base']:10,.0f} "
                  f"{baseline['max_rss_mb']:8.0f} {speed:7.1f}x")
     print(line)
+    if afs.get("worker_max_rss_mb"):
+        print(f"afs scoring workers: peak {afs['worker_max_rss_mb']:.0f} MB each at most")
     print("afs counts:", json.dumps({k: v for k, v in afs["counts"].items() if k != "dedup"}))
     print("afs dedup:", json.dumps(afs["counts"]["dedup"]))
     if baseline:

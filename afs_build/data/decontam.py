@@ -12,8 +12,9 @@ spacing do not matter. A sample is contaminated by an eval question when
   n-gram of its own length when it has at least ``MIN_SHORT_WORDS`` words; shorter ones are
   only matched exactly.
 
-Each sample costs one tokenization and one set of n-gram tuples; the index of the eval
-n-grams is built once.
+Each sample costs one tokenization and a vectorized pass over its n-grams: an n-gram is a
+64-bit hash of its words' hashes, looked up by binary search in the sorted eval n-grams (a
+false match needs a 64-bit hash collision).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import Iterable, Iterator, Sequence
+
+import numpy as np
 
 from afs_build.data.quality import sample_texts
 from afs_build.data.records import Record, Reject
@@ -37,40 +40,55 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.casefold())
 
 
-def _grams(tokens: list[str], size: int) -> set[tuple[str, ...]]:
-    return set(zip(*(tokens[offset:] for offset in range(size))))
+_MIX = np.random.default_rng(0x5EED).integers(1, 1 << 62, size=64, dtype=np.int64) * 2 + 1
+
+
+def _grams(tokens: list[str], size: int) -> np.ndarray:
+    """Hashes of the word ``size``-grams of ``tokens``, in order (repeats kept)."""
+    count = len(tokens) - size + 1
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    # str hashes are salted per process; the index is built in the same process
+    hashes = np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens))
+    grams = hashes[:count] * _MIX[0]
+    for offset in range(1, size):
+        grams += hashes[offset:offset + count] * _MIX[offset]
+    return grams
 
 
 class Decontaminator:
     """An index of evaluation questions that checks training samples against them.
 
-    ``stats`` counts what :meth:`apply` has seen so far. Raises ValueError for ``ngram`` < 1
-    or ``min_overlap`` outside (0, 1].
+    ``stats`` counts what :meth:`apply` has seen so far. Raises ValueError for ``ngram``
+    outside 1..64 or ``min_overlap`` outside (0, 1].
     """
 
     def __init__(self, questions: Sequence[str], *, ngram: int = 8,
                  min_overlap: float = 0.5) -> None:
-        if ngram < 1:
-            raise ValueError(f"ngram must be at least 1, got {ngram!r}")
+        if not 1 <= ngram <= len(_MIX):
+            raise ValueError(f"ngram must be between 1 and {len(_MIX)}, got {ngram!r}")
         if not 0.0 < min_overlap <= 1.0:
             raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap!r}")
         self.questions = list(questions)
         self.ngram, self.min_overlap = ngram, min_overlap
         self._exact: dict[str, int] = {}
-        self._index: dict[int, dict[tuple[str, ...], list[int]]] = {}
         self._sizes: list[int] = []  # per question: its number of distinct n-grams
         self._needed: list[int] = []  # per question: how many of them make a match
+        index: dict[int, dict[int, list[int]]] = {}  # size -> n-gram hash -> questions
         for number, question in enumerate(self.questions):
             tokens = words(question)
             if tokens:
                 self._exact.setdefault(" ".join(tokens), number)
             size = ngram if len(tokens) >= ngram else len(tokens)
-            grams = _grams(tokens, size) if size >= min(ngram, MIN_SHORT_WORDS) else set()
+            grams = np.unique(_grams(tokens, size)).tolist() \
+                if size >= min(ngram, MIN_SHORT_WORDS) else []
             for gram in grams:
-                self._index.setdefault(size, {}).setdefault(gram, []).append(number)
+                index.setdefault(size, {}).setdefault(gram, []).append(number)
             self._sizes.append(len(grams))
             self._needed.append(max(1, _ceil(min_overlap * len(grams))) if grams else 0)
-        self._all_grams = {size: set(index) for size, index in self._index.items()}
+        # per n-gram size, CSR form: sorted n-gram hashes, and for each the questions holding it
+        self._tables = {size: _table(grams) for size, grams in index.items()}
+        self._needed_array = np.array(self._needed, dtype=np.float64)
         self._matched: set[int] = set()
         self.stats = {"questions": len(self.questions), "checked": 0, "contaminated": 0,
                       "exact": 0, "ngram": 0, "questions_matched": 0,
@@ -84,17 +102,21 @@ class Decontaminator:
         if number is not None:
             return number, "exact", 1.0
         said = words(answer)
-        for size, index in self._index.items():
-            grams = _grams(asked, size) | _grams(said, size)
-            if grams.isdisjoint(self._all_grams[size]):
+        for size, (keys, starts, questions) in self._tables.items():
+            grams = np.concatenate([_grams(asked, size), _grams(said, size)])
+            slots = np.minimum(np.searchsorted(keys, grams), len(keys) - 1)
+            slots = np.unique(slots[keys[slots] == grams])  # each distinct n-gram once
+            if not slots.size:
                 continue
-            counts: dict[int, int] = {}
-            for gram in grams & self._all_grams[size]:
-                for question in index[gram]:
-                    counts[question] = counts.get(question, 0) + 1
-            best = max(counts, key=lambda q: (counts[q] / self._needed[q], -q))
-            if counts[best] >= self._needed[best]:
-                return best, "ngram", counts[best] / self._sizes[best]
+            lengths = starts[slots + 1] - starts[slots]
+            offsets = np.repeat(starts[slots] - np.cumsum(lengths) + lengths, lengths)
+            hit, counts = np.unique(questions[offsets + np.arange(offsets.size)],
+                                    return_counts=True)
+            ratio = counts / self._needed_array[hit]
+            best = int(np.argmax(ratio))  # the first of equals: the smallest question number
+            if ratio[best] >= 1.0:
+                number = int(hit[best])
+                return number, "ngram", int(counts[best]) / self._sizes[number]
         return None
 
     def check(self, sample: dict) -> Record:
@@ -125,6 +147,16 @@ class Decontaminator:
         """Check each sample in turn; Rejects in the input pass through."""
         for sample in samples:
             yield sample if isinstance(sample, Reject) else self.check(sample)
+
+
+def _table(grams: dict[int, list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keys = sorted(grams)
+    lists = [grams[key] for key in keys]
+    starts = np.zeros(len(keys) + 1, dtype=np.int64)
+    np.cumsum([len(questions) for questions in lists], out=starts[1:])
+    flat = np.fromiter((q for questions in lists for q in questions), dtype=np.int64,
+                       count=int(starts[-1]))
+    return np.array(keys, dtype=np.int64), starts, flat
 
 
 def _ceil(value: float) -> int:

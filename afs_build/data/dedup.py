@@ -153,6 +153,44 @@ def _densify(signatures: np.ndarray) -> None:
     signatures[rows] = np.where(empty, borrowed, block)
 
 
+class _Signatures:
+    """Signature rows kept in fixed blocks, so that no copy of the whole table is ever made."""
+
+    BLOCK = 1 << 16  # rows per block: 16 MB at num_perm=128
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.blocks: list[np.ndarray] = []
+        self.count = 0
+
+    def extend(self, rows: np.ndarray) -> None:
+        done = 0
+        while done < len(rows):
+            at = self.count % self.BLOCK
+            if at == 0:
+                self.blocks.append(np.zeros((self.BLOCK, self.width), dtype=np.uint16))
+            step = min(len(rows) - done, self.BLOCK - at)
+            self.blocks[-1][at:at + step] = rows[done:done + step]
+            done += step
+            self.count += step
+
+    def row(self, index: int) -> np.ndarray:
+        return self.blocks[index // self.BLOCK][index % self.BLOCK]
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        block = indices // self.BLOCK
+        if block[0] == block[-1] and (block == block[0]).all():
+            return self.blocks[block[0]][indices % self.BLOCK]
+        out = np.empty((len(indices), self.width), dtype=np.uint16)
+        for number in np.unique(block).tolist():
+            where = block == number
+            out[where] = self.blocks[number][indices[where] % self.BLOCK]
+        return out
+
+    def column(self, index: int) -> np.ndarray:
+        return np.concatenate([block[:, index] for block in self.blocks])[:self.count]
+
+
 class DedupIndex:
     """First pass of dedup: keeps per sample only its id, score, digest and signature.
 
@@ -176,7 +214,7 @@ class DedupIndex:
         self._scores = array("d")
         self._digests = array("Q")
         self._has_text = array("b")
-        self._signatures: list[np.ndarray] = []
+        self._signatures = _Signatures(num_perm)
         self._texts: list[str] = []
         self._chars = 0
 
@@ -210,7 +248,7 @@ class DedupIndex:
                                           num_perm=self.num_perm, shingle=self.shingle,
                                           seed=self.seed)
                 rows[present] = full.astype(np.uint16)  # the low 16 bits
-            self._signatures.append(rows)
+            self._signatures.extend(rows)
         self._id_batch, self._texts, self._chars = [], [], 0
 
     def finish(self) -> "DedupResult":
@@ -231,9 +269,8 @@ class DedupIndex:
         stats = {"samples": count, "exact_duplicates": exact, "near_duplicates": 0,
                  "exact": self.exact, "near": self.near}
         if self.near and count:
-            signatures = np.concatenate(self._signatures)
             alive = has_text & (keeper < 0)
-            near, comparisons = _near(signatures, alive, rank, keeper, jaccard,
+            near, comparisons = _near(self._signatures, alive, rank, keeper, jaccard,
                                       self.bands, self.rows, self.threshold)
             stats.update(near_duplicates=near, comparisons=comparisons,
                          threshold=self.threshold, num_perm=self.num_perm,
@@ -243,7 +280,7 @@ class DedupIndex:
         return DedupResult(ids, keeper, jaccard, stats)
 
     def _release(self) -> None:
-        self._ids, self._signatures = [], []
+        self._ids, self._signatures = [], _Signatures(self.num_perm)
         self._scores, self._digests, self._has_text = array("d"), array("Q"), array("b")
 
 
@@ -262,11 +299,11 @@ def _exact(digests, has_text, rank, keeper) -> int:
     return int(dropped.size)
 
 
-def _band_keys(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
-    key = np.zeros(len(signatures), dtype=_U64)
+def _band_keys(signatures: _Signatures, band: int, rows: int) -> np.ndarray:
+    key = np.zeros(signatures.count, dtype=_U64)
     for column in range(band * rows, (band + 1) * rows):
         key *= _BIN_MIX
-        key += signatures[:, column]
+        key += signatures.column(column)
     return _splitmix64(key)
 
 
@@ -275,7 +312,7 @@ def _near(signatures, alive, rank, keeper, jaccard, bands, rows, threshold):
     docs = np.flatnonzero(alive)
     members: list[np.ndarray] = []  # per candidate bucket: its docs
     for band in range(bands):
-        keys = _band_keys(signatures[docs], band, rows)
+        keys = _band_keys(signatures, band, rows)[docs]
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
@@ -293,7 +330,8 @@ def _near(signatures, alive, rank, keeper, jaccard, bands, rows, threshold):
     lo = np.searchsorted(member_docs, candidates, side="left")
     hi = np.searchsorted(member_docs, candidates, side="right")
     decided = np.zeros(len(alive), dtype=bool)
-    need = threshold * signatures.shape[1]
+    width = signatures.width
+    need = threshold * width
     dropped = comparisons = 0
     for doc, start, stop in zip(candidates.tolist(), lo.tolist(), hi.tolist()):
         if decided[doc]:
@@ -306,14 +344,14 @@ def _near(signatures, alive, rank, keeper, jaccard, bands, rows, threshold):
         if not pool.size:
             continue
         pool = np.unique(pool)
-        matches = np.count_nonzero(signatures[pool] == signatures[doc], axis=1)
+        matches = np.count_nonzero(signatures.take(pool) == signatures.row(doc), axis=1)
         comparisons += pool.size
         similar = matches >= need - 1e-9
         if similar.any():
             hit = pool[similar]
             decided[hit] = True
             keeper[hit] = doc
-            jaccard[hit] = matches[similar] / signatures.shape[1]
+            jaccard[hit] = matches[similar] / width
             dropped += hit.size
     return dropped, comparisons
 

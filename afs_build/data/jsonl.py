@@ -88,6 +88,11 @@ class AtomicJsonlWriter:
         self._handle.write(dumps_line(record))
         self.count += 1
 
+    def write_lines(self, data: bytes, count: int) -> None:
+        """Append ``count`` records already serialized by :func:`dumps_line`."""
+        self._handle.write(data)
+        self.count += count
+
     def __enter__(self) -> "AtomicJsonlWriter":
         return self
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import difflib
 import math
+import os
 import re
 import textwrap
 import warnings
@@ -32,6 +33,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from afs_build.data.jsonl import AtomicJsonlWriter, JsonlError, dumps_line, loads
 from afs_build.data.records import Record, Reject, canonical_json
 
 
@@ -229,7 +231,8 @@ _BOILERPLATE = (
     "i don't have access to real-time", "i do not have access to real-time",
     "i cannot browse", "i can't browse",
 )
-_BOILERPLATE_HINTS = ("ai", "model", "i can", "i'm", "i am", "sorry", "cutoff", "last ", "i do")
+# Every phrase starts with one of these: a cheap test before the phrase-by-phrase search.
+_BOILERPLATE_HINTS = tuple(sorted({phrase[:4] for phrase in _BOILERPLATE}))
 _BOILERPLATE_LEAD = 200  # a refusal this close to the start is the whole answer
 
 
@@ -418,11 +421,10 @@ def _compare(score: float, threshold: float) -> str:
 
 
 def _score(sample: dict, plan, total: float, threshold: float) -> Record:
-    provenance = sample.get("provenance") or {}
-    where = {"file": provenance.get("file"), "line": provenance.get("line")}
     kind = find_secret(_all_text(sample))
     if kind:
-        return Reject(sample["source"], f"secret: {kind}", **where, detail={"id": sample["id"]})
+        return Reject(sample["source"], f"secret: {kind}", **_where(sample),
+                      detail={"id": sample["id"]})
     instruction, answer = sample_texts(sample)
     texts = Texts(instruction, answer)
     signals: dict[str, dict] = {}
@@ -442,8 +444,14 @@ def _score(sample: dict, plan, total: float, threshold: float) -> Record:
             sample["source"],
             f"quality below threshold: {_compare(score, threshold)} "
             f"(lowest: {name} {value:.2f} '{reason}')",
-            **where, excerpt=instruction, detail={"id": sample["id"], "quality": quality})
+            **_where(sample), excerpt=instruction,
+            detail={"id": sample["id"], "quality": quality})
     return {**sample, "metadata": {**(sample.get("metadata") or {}), "quality": quality}}
+
+
+def _where(sample: dict) -> dict:
+    provenance = sample.get("provenance") or {}
+    return {"file": provenance.get("file"), "line": provenance.get("line")}
 
 
 def score_sample(sample: dict, *, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
@@ -458,52 +466,87 @@ def score_sample(sample: dict, *, weights: Mapping[str, float] = DEFAULT_WEIGHTS
 
 
 def score_stream(samples: Iterable[Record], *, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
-                 threshold: float = DEFAULT_THRESHOLD, workers: int = 1) -> Iterator[Record]:
+                 threshold: float = DEFAULT_THRESHOLD) -> Iterator[Record]:
     """Score each sample in turn; Rejects from earlier stages pass through unchanged.
 
-    The weights are checked here, before the first sample is read. With ``workers`` > 1,
-    chunks of samples are scored in that many processes, in order; parsing Python answers
-    with ``ast`` is most of the cost, so this scales with the cores.
+    The weights are checked here, before the first sample is read.
     """
     plan, total = _plan(weights, threshold)
-    if workers > 1:
-        return _parallel(samples, dict(weights), threshold, workers)
     return (sample if isinstance(sample, Reject) else _score(sample, plan, total, threshold)
             for sample in samples)
 
 
-_CHUNK = 256
-_worker_plan: tuple = ()
+def score_file(source, samples_path, rejects_path, *,
+               weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+               threshold: float = DEFAULT_THRESHOLD, workers: int = 1) -> dict[str, int]:
+    """Score a JSONL file of samples into a samples file and a rejects file, in input order.
+
+    Both outputs are written atomically. With ``workers`` > 1, chunks of raw lines go to that
+    many processes, which parse, score and serialize them: the parent only moves bytes, so
+    two workers come close to twice the speed (parsing Python answers with ``ast`` is most
+    of the work). Returns ``{"samples": kept, "rejects": rejected}``.
+    """
+    _plan(weights, threshold)  # fail before reading or starting anything
+    chunks = _line_chunks(os.fspath(source))
+    setup = (dict(weights), threshold)
+    with AtomicJsonlWriter(samples_path) as kept, AtomicJsonlWriter(rejects_path) as rejected:
+        if workers > 1:
+            import multiprocessing
+
+            # spawn, not fork: the caller may hold threads or locks a child would inherit
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(workers, initializer=_start_worker, initargs=setup) as pool:
+                for good, bad in pool.imap(_score_lines, chunks):
+                    kept.write_lines(*good)
+                    rejected.write_lines(*bad)
+        else:
+            state = (*_plan(*setup), threshold)
+            for good, bad in (_score_lines(chunk, state) for chunk in chunks):
+                kept.write_lines(*good)
+                rejected.write_lines(*bad)
+    return {"samples": kept.count, "rejects": rejected.count}
 
 
-def _parallel(samples: Iterable[Record], weights: dict, threshold: float,
-              workers: int) -> Iterator[Record]:
-    import multiprocessing
-
-    # spawn, not fork: the caller may hold threads or locks a forked child would inherit
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_start_worker, initargs=(weights, threshold)) as pool:
-        for chunk in pool.imap(_score_chunk, _chunks(samples, _CHUNK)):
-            yield from chunk
+_CHUNK_LINES = 256
+_worker: tuple = ()
 
 
-def _chunks(samples: Iterable[Record], size: int) -> Iterator[list]:
-    chunk: list = []
-    for sample in samples:
-        chunk.append(sample)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _line_chunks(path: str) -> Iterator[tuple[str, int, list[bytes]]]:
+    with open(path, "rb", buffering=1 << 20) as handle:
+        start, lines = 1, []
+        for number, raw in enumerate(handle, start=1):
+            if not lines:
+                start = number
+            lines.append(raw)
+            if len(lines) == _CHUNK_LINES:
+                yield path, start, lines
+                lines = []
+        if lines:
+            yield path, start, lines
 
 
 def _start_worker(weights: dict, threshold: float) -> None:
-    global _worker_plan  # one plan per worker process, set once when it starts
-    _worker_plan = (*_plan(weights, threshold), threshold)
+    global _worker  # one scoring plan per process, made once when it starts
+    _worker = (*_plan(weights, threshold), threshold)
 
 
-def _score_chunk(chunk: list) -> list:
-    plan, total, threshold = _worker_plan
-    return [sample if isinstance(sample, Reject) else _score(sample, plan, total, threshold)
-            for sample in chunk]
+def _score_lines(chunk: tuple[str, int, list[bytes]],
+                 state: tuple = ()) -> tuple[tuple[bytes, int], ...]:
+    """Score raw JSONL lines: (sample lines, count), (reject lines, count)."""
+    path, start, lines = chunk
+    plan, total, threshold = state or _worker
+    good: list[bytes] = []
+    bad: list[bytes] = []
+    for number, raw in enumerate(lines, start=start):
+        if raw.isspace():
+            continue
+        try:
+            sample = loads(raw)
+        except ValueError as exc:
+            raise JsonlError(f"{path}:{number}: invalid JSON: {exc}") from exc
+        record = _score(sample, plan, total, threshold)
+        if isinstance(record, Reject):
+            bad.append(dumps_line(record.to_json()))
+        else:
+            good.append(dumps_line(record))
+    return (b"".join(good), len(good)), (b"".join(bad), len(bad))

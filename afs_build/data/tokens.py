@@ -11,6 +11,7 @@ real BPE count on English and code; the real tokenizer replaces it when training
 from __future__ import annotations
 
 import re
+import string
 
 from afs_build.data.records import canonical_json
 
@@ -21,15 +22,28 @@ TOKENS_PER_MESSAGE = 4
 
 # One pass: a word run matches with its group set, a symbol matches with the group empty.
 _PIECES = re.compile(r"(\w+)|[^\w\s]")
+# ASCII text (most of it) is counted five times faster with bytes.translate, same result:
+# word characters become 'a' and the rest spaces to count word runs; deleting word
+# characters and whitespace leaves the symbols.
+_WORD_BYTES = (string.ascii_letters + string.digits + "_").encode()
+_SPACE_BYTES = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "  # what re's \s matches in ASCII
+_NOT_SYMBOLS = _WORD_BYTES + _SPACE_BYTES
+_RUNS = bytes(ord("a") if byte in _WORD_BYTES else ord(" ") for byte in range(256))
 
 
 def estimate_tokens(text: str) -> int:
     """About how many tokens ``text`` takes: 1.3 per word run plus 1 per symbol character."""
     if not text:
         return 0
-    pieces = _PIECES.findall(text)
-    symbols = pieces.count("")
-    return int((len(pieces) - symbols) * TOKENS_PER_WORD + symbols * TOKENS_PER_SYMBOL + 0.5)
+    if text.isascii():
+        raw = text.encode()
+        words = len(raw.translate(_RUNS).split())
+        symbols = len(raw.translate(None, _NOT_SYMBOLS))
+    else:
+        pieces = _PIECES.findall(text)
+        symbols = pieces.count("")
+        words = len(pieces) - symbols
+    return int(words * TOKENS_PER_WORD + symbols * TOKENS_PER_SYMBOL + 0.5)
 
 
 def sample_tokens(sample: dict) -> int:

@@ -88,7 +88,7 @@ def test_rejects_pass_through_and_parameters_are_checked():
     checker = Decontaminator(EVAL)
     assert list(checker.apply([earlier])) == [earlier]
     assert checker.stats["checked"] == 0
-    with pytest.raises(ValueError, match="ngram must be at least 1"):
+    with pytest.raises(ValueError, match="ngram must be between 1 and 64"):
         Decontaminator(EVAL, ngram=0)
     with pytest.raises(ValueError, match=r"min_overlap must be in \(0, 1\]"):
         Decontaminator(EVAL, min_overlap=0)

@@ -134,6 +134,21 @@ def test_two_passes_over_a_jsonl_file(tmp_path):
         list(result.apply(records[:2]))
 
 
+def test_signature_blocks_give_the_same_decisions(monkeypatch):
+    import afs_build.data.dedup as module
+
+    base = QUESTION.split()
+    records = []
+    for i in range(40):
+        words = list(base)
+        words[i % len(words)] = f"x{i % 7}"
+        records.append(sample(" ".join(words), source=f"s{i}", score=(i % 5) / 5))
+    expected = dedup(records, threshold=0.7)
+    monkeypatch.setattr(module._Signatures, "BLOCK", 3)
+    assert dedup(records, threshold=0.7) == expected
+    assert expected[2]["near_duplicates"] > 0
+
+
 def test_parameters_are_checked():
     with pytest.raises(ValueError, match="threshold must be in"):
         DedupIndex(threshold=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -193,6 +194,15 @@ def test_estimate_tokens():
     assert estimate_tokens("hello world") == 3  # 2 words x 1.3
     assert estimate_tokens("x = f(a, b)") == 9  # 4 words x 1.3 + 4 symbols
     assert estimate_tokens("   \n\t") == 0
+    assert estimate_tokens("h\u00e9llo w\u00f6rld!") == 4  # the regex path for non-ASCII
+
+
+@pytest.mark.parametrize("text", ["def f(x):\n    return x**2  # square", "a\x1cb_c\x0bd;",
+                                  "Hello, World... it's 42!"])
+def test_estimate_tokens_ascii_shortcut_counts_like_the_regex(text):
+    pieces = re.findall(r"(\w+)|[^\w\s]", text)
+    symbols = pieces.count("")
+    assert estimate_tokens(text) == int((len(pieces) - symbols) * 1.3 + symbols + 0.5)
 
 
 def test_sample_tokens_counts_messages_calls_and_tools():

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from afs_build.data.jsonl import JsonlError, read_jsonl, write_jsonl
 from afs_build.data.quality import (
     DEFAULT_WEIGHTS,
     SIGNALS,
     Texts,
     find_secret,
     sample_texts,
+    score_file,
     score_sample,
     score_stream,
 )
@@ -183,8 +187,8 @@ def test_below_threshold_reject_names_the_lowest_signal():
     refusal = sample(answer="As an AI language model, I cannot write code for you today.")
     result = score_sample(refusal, weights={"length": 1.0, "boilerplate": 3.0}, threshold=0.5)
     assert isinstance(result, Reject)
-    assert result.reason == ("quality below threshold: 0.25 < 0.50 "
-                             "(lowest: boilerplate 0.00 'boilerplate: \"as an ai language model\"')")
+    assert result.reason == ("quality below threshold: 0.25 < 0.50 (lowest: boilerplate 0.00 "
+                             "'boilerplate: \"as an ai language model\"')")
     assert result.excerpt == QUESTION
     assert result.detail["quality"]["score"] == 0.25
 
@@ -207,11 +211,36 @@ def test_weights_are_checked():
         score_sample(sample(), weights=DEFAULT_WEIGHTS, threshold=1.5)
 
 
-def test_stream_passes_rejects_through_and_workers_give_the_same_result():
+def test_stream_passes_rejects_through():
     earlier = Reject("s", "malformed JSON", file="x.jsonl", line=3)
     records = [sample(), earlier, sample(answer=""), sample(answer=PROSE)]
-    serial = list(score_stream(records, weights=DEFAULT_WEIGHTS, threshold=0.9))
-    assert serial[1] is earlier
-    assert isinstance(serial[2], Reject) and isinstance(serial[0], dict)
-    parallel = list(score_stream(records, weights=DEFAULT_WEIGHTS, threshold=0.9, workers=2))
-    assert parallel == serial
+    scored = list(score_stream(records, weights=DEFAULT_WEIGHTS, threshold=0.9))
+    assert scored[1] is earlier
+    assert isinstance(scored[2], Reject) and isinstance(scored[0], dict)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_score_file_matches_the_stream_in_order(tmp_path, workers, monkeypatch):
+    import afs_build.data.quality as quality
+
+    monkeypatch.setattr(quality, "_CHUNK_LINES", 2)  # several chunks, to check their order
+    records = [sample(answer=f"{PROSE} ({i})") for i in range(5)] + [sample(answer="")]
+    records.insert(2, sample(answer="key AKIAIOSFODNN7EXAMPLF"))
+    source = tmp_path / "samples.jsonl"
+    write_jsonl(source, records)
+    counts = score_file(source, tmp_path / "scored.jsonl", tmp_path / "rejects.jsonl",
+                        weights=DEFAULT_WEIGHTS, threshold=0.9, workers=workers)
+    expected = list(score_stream(records, weights=DEFAULT_WEIGHTS, threshold=0.9))
+    assert counts == {"samples": 5, "rejects": 2}
+    assert list(read_jsonl(tmp_path / "scored.jsonl")) == [
+        r for r in expected if not isinstance(r, Reject)]
+    assert list(read_jsonl(tmp_path / "rejects.jsonl")) == [
+        r.to_json() for r in expected if isinstance(r, Reject)]
+
+
+def test_score_file_names_a_broken_line(tmp_path):
+    source = tmp_path / "samples.jsonl"
+    source.write_text(json.dumps(sample()) + "\n{broken\n")
+    with pytest.raises(JsonlError, match=r"samples\.jsonl:2: invalid JSON"):
+        score_file(source, tmp_path / "out.jsonl", tmp_path / "rejects.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
