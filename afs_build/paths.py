@@ -11,6 +11,10 @@ Everything goes under the project's build folder (``project.build_dir``)::
       models/<model>/               hf/ (a local copy of the base, for embedded models), base.json
       specialists/<specialist>/     train/: train.py, sky.yaml, checkpoints/, adapter/,
                                     metrics.jsonl, training_summary.json, train.log
+                                    post/: merged/, merge.json, <name>-F16.gguf, gguf.json,
+                                    <name>-Q8_0.gguf ..., quantize.json
+                                    deploy/: Modelfile, lmstudio.sh, preset.json, server.pid,
+                                    server.log, deploy.json
 
 Names are validated as safe slugs before they get here, so joining them is safe.
 """
@@ -117,6 +121,65 @@ class TrainFiles:
 
 
 @dataclass(frozen=True)
+class PostFiles:
+    """What ``merge``, ``gguf`` and ``quantize`` write for one specialist."""
+
+    folder: Path
+    name: str
+
+    @property
+    def merged(self) -> Path:
+        return self.folder / "merged"
+
+    @property
+    def merge_report(self) -> Path:
+        return self.folder / "merge.json"
+
+    def gguf(self, kind: str) -> Path:
+        """The GGUF file of `kind`: F16, BF16, F32 or a quantization type such as Q8_0."""
+        return self.folder / f"{self.name}-{kind}.gguf"
+
+    @property
+    def gguf_report(self) -> Path:
+        return self.folder / "gguf.json"
+
+    @property
+    def quantize_report(self) -> Path:
+        return self.folder / "quantize.json"
+
+
+@dataclass(frozen=True)
+class DeployFiles:
+    """What ``deploy`` writes for one specialist, and its server's pid file and log."""
+
+    folder: Path
+
+    @property
+    def modelfile(self) -> Path:
+        return self.folder / "Modelfile"
+
+    @property
+    def lmstudio_script(self) -> Path:
+        return self.folder / "lmstudio.sh"
+
+    @property
+    def preset(self) -> Path:
+        return self.folder / "preset.json"
+
+    @property
+    def pid(self) -> Path:
+        return self.folder / "server.pid"
+
+    @property
+    def server_log(self) -> Path:
+        return self.folder / "server.log"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "deploy.json"
+
+
+@dataclass(frozen=True)
 class Layout:
     """The build folder's layout for one manifest."""
 
@@ -151,6 +214,12 @@ class Layout:
 
     def train(self, specialist: str) -> TrainFiles:
         return TrainFiles(self.specialist(specialist) / "train")
+
+    def post(self, specialist: str) -> PostFiles:
+        return PostFiles(self.specialist(specialist) / "post", specialist)
+
+    def deploy(self, specialist: str) -> DeployFiles:
+        return DeployFiles(self.specialist(specialist) / "deploy")
 
     def cache(self, kind: str) -> Path:
         """Shared caches (teacher answers, converted base models), keyed by content inside."""

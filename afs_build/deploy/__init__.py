@@ -1,0 +1,1 @@
+"""Deployment: LM Studio and Ollama files, and the served OpenAI-compatible endpoints."""

@@ -1,0 +1,1 @@
+"""Post-training: merge, GGUF conversion with parity checks, quantization."""
