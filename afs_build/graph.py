@@ -10,15 +10,37 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .manifest import Manifest, plain
 from .paths import Layout
-from .stages import base, ingest, mix, render, score, train
+from .stages import base, ingest, mix, post, render, score, train
 
-# The pipeline in order. Each later issue appends its stage here.
-STAGES = (ingest, score, mix, base, render, train)
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: its name (the task prefix), what it does, and its task generator."""
+
+    name: str
+    doc: str
+    tasks: Callable[[Manifest], Iterator[dict]]
+
+
+def _stage(module) -> Stage:
+    return Stage(module.NAME, module.__doc__.strip().splitlines()[0], module.tasks)
+
+
+# The pipeline in order.
+STAGES = (
+    _stage(ingest), _stage(score), _stage(mix), _stage(base), _stage(render), _stage(train),
+    Stage("merge", "Merge each trained adapter into its base (merge:<specialist>).", post.merge_tasks),
+    Stage("gguf", "Convert each specialist to an F16 GGUF with parity checks (gguf:<specialist>).",
+          post.gguf_tasks),
+    Stage("quantize", "Quantize each GGUF and measure what each type costs (quantize:<specialist>).",
+          post.quantize_tasks),
+)
 
 
 class SliceChanged:
@@ -147,7 +169,7 @@ def _creator(manifest: Manifest) -> Callable:
     def task_afs():
         for stage in STAGES:
             tasks = list(stage.tasks(manifest))
-            yield {"basename": stage.NAME, "doc": stage.__doc__.strip().splitlines()[0],
+            yield {"basename": stage.name, "doc": stage.doc,
                    "task_dep": [t["name"] for t in tasks], "actions": None}
             for task in tasks:
                 yield {"basename": task["name"], **{k: v for k, v in task.items() if k != "name"}}

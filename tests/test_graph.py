@@ -41,7 +41,9 @@ def two_mixes(minimal):
 def test_task_names_follow_stage_and_name(project, minimal):
     names = [t["name"] for t in graph.all_tasks(load(project.write(minimal)))]
     assert names == ["ingest:chat", "score:chat", "mix:alpha", "mix:beta", "base:tiny",
-                     "render:alpha", "render:beta", "train:alpha", "train:beta"]
+                     "render:alpha", "render:beta", "train:alpha", "train:beta",
+                     "merge:alpha", "merge:beta", "gguf:alpha", "gguf:beta",
+                     "quantize:alpha", "quantize:beta"]
 
 
 def test_mix_edit_replans_only_that_specialist(project, two_mixes):
@@ -97,7 +99,8 @@ def test_doit_list_shows_every_task_with_its_doc(project, minimal):
     assert [line.split()[0] for line in lines] == [
         "ingest", "ingest:chat", "score", "score:chat", "mix", "mix:alpha", "mix:beta",
         "base", "base:tiny", "render", "render:alpha", "render:beta", "train", "train:alpha",
-        "train:beta"]
+        "train:beta", "merge", "merge:alpha", "merge:beta", "gguf", "gguf:alpha", "gguf:beta",
+        "quantize", "quantize:alpha", "quantize:beta"]
     assert "ingest:chat Convert custom source 'chat' into canonical samples." in {
         " ".join(line.split()) for line in lines}
 
