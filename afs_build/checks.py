@@ -16,6 +16,8 @@ from .yamlload import Positions
 
 EMBEDDED_PARAMS_B = {name: model.params_b for name, model in EMBEDDED.items()}
 SHARE_TOLERANCE = 1e-6
+# llama.cpp refuses these without an importance matrix (measured: quantize.py's tests).
+NEEDS_IMATRIX = ("Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS")
 
 
 def cross_problems(data: dict, positions: Positions, root: Path, *, tolerant: bool = False) -> list[Problem]:
@@ -84,6 +86,11 @@ def check_specialists(data: dict, pos: Positions, root: Path) -> Iterator[Proble
             yield pos.problem(here + ("serve_quant",), f"{spec['serve_quant']!r} is not among "
                               f"this specialist's quantize types; expected one of: "
                               f"{one_of(spec['quantize'])}{suggest(spec['serve_quant'], spec['quantize'])}")
+        for i, qtype in enumerate(spec["quantize"]):
+            if qtype in NEEDS_IMATRIX:
+                yield pos.problem(here + ("quantize", i), f"{qtype} needs an importance matrix, "
+                                  "which afs does not compute; expected another type (IQ3_S, "
+                                  "IQ4_XS, Q2_K or any Q*_K_* type)")
         if not spec["quantize"]:
             yield pos.problem(here + ("quantize",), "expected at least one quantization type to "
                               "serve (for example Q8_0)")

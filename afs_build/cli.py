@@ -18,6 +18,9 @@ EXIT_USAGE = 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see graph.dodo_namespace
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -58,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
     p.add_argument("doit_args", nargs=argparse.REMAINDER, help="doit options and task names")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("status", help="each specialist's server: port, file, pid, healthy/down/stopped")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stop", help="stop the servers afs started (all, or the named specialists)")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="specialists to stop (default: all)")
+    p.set_defaults(func=cmd_stop)
     return parser
 
 
@@ -180,3 +192,38 @@ def cmd_build(args: argparse.Namespace) -> int:
     manifest = load(args.manifest)
     extra = [a for a in args.doit_args if a != "--"]
     return DoitMain(ModuleTaskLoader(graph.namespace(manifest))).run(extra)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .deploy import server
+    from .manifest import load
+    from .paths import Layout
+
+    manifest = load(args.manifest)
+    rows = server.status(Layout.of(manifest), manifest)
+    table = [("SPECIALIST", "PORT", "STATE", "PID", "FILE")] + [
+        (r["specialist"], str(r["port"]), r["state"], "-" if r["pid"] is None else str(r["pid"]),
+         _shown_path(r["file"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def _shown_path(path: str) -> str:
+    """`path` relative to the working folder when it lies below it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .deploy import server
+    from .manifest import load
+    from .paths import Layout
+
+    manifest = load(args.manifest)
+    stopped = server.stop(Layout.of(manifest), manifest, args.names or None)
+    print(f"stopped: {', '.join(stopped)}" if stopped else "no afs server was running")
+    return 0

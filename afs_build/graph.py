@@ -185,6 +185,9 @@ def dodo_namespace() -> dict:
     from .manifest import load
 
     path, shown = manifest_path()
+    # ggml's OpenMP threads spin by default: on 2 cores that makes a busy machine crawl.
+    # libgomp reads this once, when llama.cpp loads, so set it before any task imports it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         manifest = load(path, shown)
     except AfsError as err:

@@ -293,3 +293,11 @@ def test_control_characters_are_refused_with_a_position(project):
     path = project.write("project: {name: a\x00}\n")
     assert problems(path) == [f"{path}:1:18: character #x0000 is not allowed in YAML; expected "
                               "printable text: remove it"]
+
+
+def test_quantization_types_that_need_an_importance_matrix(project, minimal):
+    minimal["specialists"]["alpha"]["quantize"] = ["Q8_0", "IQ2_XS"]
+    path = project.write(minimal)
+    assert problems(path) == [
+        f"{at(path, 'IQ2_XS')}: specialists.alpha.quantize[1]: IQ2_XS needs an importance matrix, "
+        "which afs does not compute; expected another type (IQ3_S, IQ4_XS, Q2_K or any Q*_K_* type)"]

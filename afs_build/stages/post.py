@@ -16,6 +16,10 @@ from ..paths import Layout
 from .common import read_samples, user_errors
 
 PARITY_PROMPTS = 3
+FLOAT_TYPES = ("F16", "BF16", "F32")
+GENERAL_TEXT = ("The Super Nintendo Entertainment System was released in 1990. Its main processor "
+                "is a 65816 running at up to 3.58 MHz, and its picture processing unit draws up to "
+                "four background layers and 128 sprites. Programs are written in assembly.")
 
 
 def merge_tasks(manifest: Manifest) -> Iterator[dict]:
@@ -45,7 +49,8 @@ def gguf_tasks(manifest: Manifest) -> Iterator[dict]:
             "actions": [(run_gguf, [manifest, spec.name])],
             "file_dep": file_dep,
             "task_dep": [f"merge:{spec.name}" if spec.train else f"base:{spec.base}"],
-            "targets": [str(post.gguf_report), str(post.gguf("F16"))],
+            "targets": [str(post.gguf_report), str(post.gguf("F16"))]
+                       + [str(post.gguf(t)) for t in spec.quantize if t in FLOAT_TYPES and t != "F16"],
             "clean": True,
         }
 
@@ -116,8 +121,11 @@ def run_gguf(manifest: Manifest, name: str) -> None:
     post = layout.post(name)
     folder = hf_folder(manifest, name)
     task = f"gguf:{name}"
+    spec = manifest.specialists[name]
     with log.step(task, "converting to GGUF", specialist=name):
         conversion = convert_folder(folder, post.gguf("F16"), outtype="F16", name=name)
+        for outtype in (t for t in spec.quantize if t in FLOAT_TYPES and t != "F16"):
+            convert_folder(folder, post.gguf(outtype), outtype=outtype, name=name)
     with log.step(task, "checking parity with transformers", specialist=name):
         prompts = _prompts(manifest, name)
         tokens = parity.tokenization_parity(folder, post.gguf("F16"))
@@ -154,22 +162,18 @@ def run_quantize(manifest: Manifest, name: str) -> None:
     files = {"F16": post.gguf("F16")}
     results = {}
     for qtype in spec.quantize:
+        if qtype in FLOAT_TYPES:  # written by the gguf task straight from the HF weights
+            files[qtype] = post.gguf(qtype)
+            continue
         with log.step(task, f"quantizing to {qtype}", specialist=name):
             results[qtype] = quantize.quantize(post.gguf("F16"), post.gguf(qtype), qtype)
         if results[qtype].get("fallback_count"):
             log.event(f"warning: {results[qtype].get('warning')}", task=task, specialist=name)
         files[qtype] = post.gguf(qtype)
     with log.step(task, "measuring size, speed and perplexity", specialist=name):
-        measured = quantize.report(files, _render_texts(manifest, name))
+        if spec.train:
+            texts = quantize.eval_texts(layout.mix(name).eval, hf_folder(manifest, name), limit=32)
+        else:  # a served-only model has no eval split of its own
+            texts = [GENERAL_TEXT]
+        measured = quantize.report(files, texts, quantized=results)
     write_json(post.quantize_report, {"quantize": results, "report": measured})
-
-
-def _render_texts(manifest: Manifest, name: str) -> list[str]:
-    """Eval conversations as the chat template renders them, for perplexity."""
-    from transformers import AutoTokenizer
-
-    conversations = eval_texts(manifest, name, 32)
-    if not conversations:
-        return ["The quick brown fox jumps over the lazy dog. " * 8]
-    tokenizer = AutoTokenizer.from_pretrained(hf_folder(manifest, name))
-    return [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
