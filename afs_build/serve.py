@@ -116,7 +116,9 @@ def chat_format(model: Path, alias: str) -> Optional[str]:
         return None
 
     def text(token: int) -> str:
-        return vocab.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+        if token < 0:
+            return ""
+        return vocab.detokenize([token], special=True).decode("utf-8", "replace")
 
     stop_ids = {vocab.token_eos()}
     family = family_of(template)

@@ -36,6 +36,7 @@ from ..paths import Layout
 
 TOKEN_PREFIX = "afs-serve-"
 GRACE_SECONDS = 10.0
+PORT_WAIT_SECONDS = 2.0
 LOG_TAIL_LINES = 20
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +44,18 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # --- processes ------------------------------------------------------------------------------
 
 
+# Servers this process started, kept so that they are reaped when they exit (a zombie would
+# look alive) and Python does not warn about dropping a running child.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
 def _reap(pid: int) -> None:
     """Collect `pid` if it is our own exited child (else it lingers as a zombie and looks alive)."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -56,7 +67,9 @@ def _command_line(pid: int) -> Optional[str]:
     if Path("/proc/self").exists():
         try:
             stat = (proc / "stat").read_text()
-            if stat[stat.rfind(")") + 2:].startswith("Z"):
+            # A zombie leader whose other threads still run is still exiting (its sockets are
+            # still open): dead only once it is the last thread left.
+            if stat[stat.rfind(")") + 2:].startswith("Z") and len(os.listdir(proc / "task")) <= 1:
                 return None
             return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
@@ -193,6 +206,10 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
             _terminate(record["pid"])
         action = "restarted"
         pid_file.unlink(missing_ok=True)
+    # A server that has just exited (killed above, or crashed) may hold its socket a moment.
+    deadline = time.monotonic() + (PORT_WAIT_SECONDS if record is not None else 0)
+    while not port_free(host, port) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if not port_free(host, port):
         raise StageError(f"port {port} (specialist {name}) is already in use by another "
                          f"program; stop it or change specialists.{name}.port")
@@ -212,6 +229,7 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
         log.flush()
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
     record = {"pid": proc.pid, "specialist": name, **wanted, "started": started,
               "token": token, "log": str(log_file)}
     write_json(pid_file, record)
@@ -220,6 +238,7 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
     while True:
         code = proc.poll()
         if code is not None:
+            _CHILDREN.pop(proc.pid, None)
             pid_file.unlink(missing_ok=True)
             raise StageError(f"the server for specialist {name} exited with code {code} before "
                              f"it was ready; the end of {log_file}:\n{_tail(log_file, offset)}")
@@ -227,7 +246,6 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
             return {**record, "action": action}
         if time.monotonic() > deadline:
             _terminate(proc.pid, grace=5.0)
-            proc.wait()
             pid_file.unlink(missing_ok=True)
             raise StageError(f"the server for specialist {name} on port {port} was not ready "
                              f"within {timeout:g} s; the end of {log_file}:\n"
