@@ -59,8 +59,12 @@ def _reasons(task, tasks: dict, dep) -> list[str]:
         if reason == "uptodate_false":
             for check, _args, _kwargs in value:
                 label = getattr(check, "label", repr(check))
-                kind = "manifest slice" if isinstance(check, graph.SliceChanged) else "input content"
-                out.append(f"{kind} changed: {label}")
+                if isinstance(check, graph.SliceChanged):
+                    out.append(f"manifest slice changed: {label}")
+                elif label.startswith("server "):
+                    out.append(f"{label} is not answering")
+                else:
+                    out.append(f"input content changed: {label}")
         elif reason == "changed_file_dep":
             out.extend(f"input content changed: {path}" for path in value)
         elif reason == "missing_target":

@@ -43,7 +43,7 @@ def test_task_names_follow_stage_and_name(project, minimal):
     assert names == ["ingest:chat", "score:chat", "mix:alpha", "mix:beta", "base:tiny",
                      "render:alpha", "render:beta", "train:alpha", "train:beta",
                      "merge:alpha", "merge:beta", "gguf:alpha", "gguf:beta",
-                     "quantize:alpha", "quantize:beta"]
+                     "quantize:alpha", "quantize:beta", "deploy:alpha", "deploy:beta"]
 
 
 def test_mix_edit_replans_only_that_specialist(project, two_mixes):
@@ -64,13 +64,24 @@ def test_source_edit_replans_its_ingest(project, two_mixes):
     assert changed_tasks(project, two_mixes, edit) == {"ingest:chat"}
 
 
-@pytest.mark.parametrize("edit", [
-    lambda m: m.update(site={"title": "New title"}),
-    lambda m: m["specialists"]["alpha"].update(port=7001),
-    lambda m: m.update(deploy={"publisher": "me"}),
-], ids=["site-title", "port", "deploy"])
-def test_unrelated_edits_replan_nothing(project, two_mixes, edit):
+def test_unrelated_edits_replan_nothing(project, two_mixes):
+    def edit(m):
+        m.update(site={"title": "New title"})
     assert changed_tasks(project, two_mixes, edit) == set()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["specialists"]["alpha"].update(port=7001),
+    lambda m: m["specialists"]["alpha"].update(sampling={"temperature": 0.9}),
+], ids=["port", "sampling"])
+def test_serving_edits_redeploy_only_that_specialist(project, two_mixes, edit):
+    assert changed_tasks(project, two_mixes, edit) == {"deploy:alpha"}
+
+
+def test_deploy_section_edits_redeploy_everyone_and_nothing_else(project, two_mixes):
+    def edit(m):
+        m.update(deploy={"publisher": "me"})
+    assert changed_tasks(project, two_mixes, edit) == {"deploy:alpha", "deploy:beta"}
 
 
 def test_planning_does_no_io_beyond_stats(project, minimal, monkeypatch):
@@ -100,7 +111,7 @@ def test_doit_list_shows_every_task_with_its_doc(project, minimal):
         "ingest", "ingest:chat", "score", "score:chat", "mix", "mix:alpha", "mix:beta",
         "base", "base:tiny", "render", "render:alpha", "render:beta", "train", "train:alpha",
         "train:beta", "merge", "merge:alpha", "merge:beta", "gguf", "gguf:alpha", "gguf:beta",
-        "quantize", "quantize:alpha", "quantize:beta"]
+        "quantize", "quantize:alpha", "quantize:beta", "deploy", "deploy:alpha", "deploy:beta"]
     assert "ingest:chat Convert custom source 'chat' into canonical samples." in {
         " ".join(line.split()) for line in lines}
 
@@ -124,12 +135,17 @@ def test_doit_state_lives_under_the_build_folder(project, minimal):
 
 @pytest.mark.parametrize("edit", [
     lambda m: m["specialists"]["alpha"].setdefault("lora", {}).update(r=8),
-    lambda m: m["specialists"]["alpha"].update(system_prompt="Be brief."),
     lambda m: m["specialists"]["alpha"].update(learning_rate=0.001),
-], ids=["lora-r", "system-prompt", "learning-rate"])
+], ids=["lora-r", "learning-rate"])
 def test_training_edits_rerender_only_that_specialist(project, two_mixes, edit):
-    # train:alpha follows through the rendered script's content (its file_dep).
+    # train:alpha and what follows it follow through the rendered script's content.
     assert changed_tasks(project, two_mixes, edit) == {"render:alpha"}
+
+
+def test_system_prompt_edit_retrains_and_redeploys_that_specialist(project, two_mixes):
+    def edit(m):
+        m["specialists"]["alpha"].update(system_prompt="Be brief.")
+    assert changed_tasks(project, two_mixes, edit) == {"render:alpha", "deploy:alpha"}
 
 
 def test_hardware_edit_retrains_who_uses_it(project, two_mixes):

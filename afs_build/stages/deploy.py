@@ -1,0 +1,81 @@
+"""Deploy each specialist: LM Studio files, an Ollama Modelfile, and its own served endpoint (deploy:<specialist>)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from .. import log
+from ..atomic import write_json
+from ..manifest import Manifest
+from ..paths import Layout
+from .common import user_errors
+
+NAME = "deploy"
+
+
+def deploy_slice(manifest: Manifest, name: str) -> dict:
+    """What deploying reads: serving settings of the specialist and the deploy section."""
+    spec = manifest.specialists[name]
+    keep = ("role", "version", "description", "system_prompt", "port", "context_length",
+            "sampling", "serve_quant", "quantize")
+    return {"specialist": {k: getattr(spec, k) for k in keep}, "deploy": manifest.deploy}
+
+
+class ServerHealthy:
+    """doit ``uptodate``: false while the specialist's server is not answering, so that
+    running the deploy task again restarts a crashed server."""
+
+    def __init__(self, host: str, port: int, alias: str):
+        self.host, self.port, self.alias = host, port, alias
+
+    def __call__(self, task, values) -> bool:
+        from ..deploy.server import healthy
+
+        return healthy(self.host, self.port, self.alias)
+
+    def __repr__(self) -> str:
+        return f"ServerHealthy({self.alias!r})"
+
+    label = property(lambda self: f"server {self.alias} on port {self.port}")
+
+
+def tasks(manifest: Manifest) -> Iterator[dict]:
+    from ..graph import SliceChanged
+
+    layout = Layout.of(manifest)
+    for spec in manifest.specialists.values():
+        files = layout.deploy(spec.name)
+        yield {
+            "name": f"{NAME}:{spec.name}",
+            "doc": f"Deploy {spec.title} to LM Studio and Ollama files and serve it on port {spec.port}.",
+            "actions": [(run, [manifest, spec.name])],
+            "file_dep": [str(layout.post(spec.name).quantize_report)],
+            "task_dep": [f"quantize:{spec.name}"],
+            "targets": [str(files.report), str(files.modelfile), str(files.preset),
+                        str(files.lmstudio_script)],
+            "uptodate": [SliceChanged(f"specialists.{spec.name} (serving)", deploy_slice(manifest, spec.name)),
+                         ServerHealthy(manifest.deploy.host, spec.port, spec.name)],
+            "clean": True,
+        }
+
+
+@user_errors
+def run(manifest: Manifest, name: str) -> None:
+    from ..deploy import lmstudio, ollama, server
+
+    layout = Layout.of(manifest)
+    log.setup(layout.log_file)
+    spec = manifest.specialists[name]
+    files = layout.deploy(name)
+    gguf = server.served_gguf(layout, spec)
+    task = f"{NAME}:{name}"
+    with log.step(task, "writing LM Studio and Ollama files", specialist=name):
+        studio = lmstudio.deploy(manifest, name, gguf, preset_file=files.preset, script=files.lmstudio_script)
+        ollama.write_modelfile(manifest, name, gguf, files.modelfile)
+    with log.step(task, f"serving on {manifest.deploy.host}:{spec.port}", specialist=name):
+        served = server.start(name, gguf, host=manifest.deploy.host, port=spec.port,
+                              n_ctx=spec.context_length, pid_file=files.pid, log_file=files.server_log)
+    write_json(files.report, {"specialist": name, "gguf": str(gguf), "lmstudio": studio,
+                              "modelfile": str(files.modelfile),
+                              "server": {k: served.get(k) for k in ("host", "port", "pid", "action")},
+                              "url": f"http://{manifest.deploy.host}:{spec.port}/v1"})
