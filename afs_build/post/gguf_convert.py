@@ -3,9 +3,10 @@
 afs's own converter on the `gguf` package: it takes the tensors as an iterator of
 ``(HF name, array)`` so a caller can hand in weights merged on the fly (see
 :func:`afs_build.post.merge.merged_tensors`) and nothing but one tensor is held in memory.
-GGUF puts the tensor table before the data, and the table is known only when the stream
-ends, so the data goes to a spool file beside the output first and is copied behind the
-header at the end; the result is renamed into place, so a killed run leaves no file behind.
+GGUF puts the tensor table before the data; the table follows from config.json
+(:func:`plan_tensors`), so the header is written first and each tensor is written once, at
+its place, in whatever order it arrives. The file is renamed into place at the end, so a
+killed run leaves no file behind.
 
 It writes what llama.cpp's reference ``convert_hf_to_gguf.py`` writes for the same folder
 (``tests/post/test_gguf.py`` compares the two), plus three explicit facts the reference leaves
@@ -22,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
@@ -104,19 +105,47 @@ class Vocab:
 # --- tensors -----------------------------------------------------------------------------------
 
 
-def read_safetensors(folder: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``(name, torch tensor)`` from a folder's safetensors files, one tensor at a time."""
-    from safetensors import safe_open
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+CHUNK = 1 << 24  # values converted at a time: a block of rows, never a whole float32 embedding
 
+
+def read_safetensors(folder: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(name, torch tensor)`` from a folder's safetensors files, one tensor at a time.
+
+    Plain reads, not the mmap `safetensors.safe_open` uses: a mapped file's pages count as
+    this process's memory until the file is closed, so a streaming pass over a mapped 1 GB
+    file peaks at 1 GB more than it needs.
+    """
     folder = Path(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise StageError(f"{folder}: no *.safetensors files; save the model with "
                          "save_pretrained(..., safe_serialization=True)")
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+            header.pop("__metadata__", None)
+            for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
+                if info["dtype"] not in SAFETENSORS_DTYPES:
+                    raise StageError(f"{path}: tensor {name!r} is {info['dtype']}; afs converts "
+                                     f"float tensors ({', '.join(SAFETENSORS_DTYPES)}) only")
+                # no local names the tensor: the consumer's `del` must be able to free it
+                yield name, _read_tensor(f, 8 + size, info, path, name)
+
+
+def _read_tensor(f, data_start: int, info: dict, path: Path, name: str):
+    import torch
+
+    dtype = getattr(torch, SAFETENSORS_DTYPES[info["dtype"]])
+    begin, end = info["data_offsets"]
+    if begin == end:
+        return torch.empty(info["shape"], dtype=dtype)
+    f.seek(data_start + begin)
+    buffer = bytearray(end - begin)
+    if f.readinto(buffer) != len(buffer):
+        raise StageError(f"{path}: truncated file (tensor {name!r})")
+    return torch.frombuffer(buffer, dtype=dtype).reshape(info["shape"])
 
 
 def to_numpy(array: Any) -> np.ndarray:
@@ -128,6 +157,35 @@ def to_numpy(array: Any) -> np.ndarray:
     if array.dtype not in (torch.float16, torch.float32):
         array = array.to(torch.float32)  # numpy has no bfloat16
     return array.detach().cpu().numpy()
+
+
+def encode(array: Any, qtype) -> np.ndarray:
+    """`array` (torch or numpy, any float dtype) as GGML type `qtype`, a block of rows at a time.
+
+    F16 goes through torch: the same round-to-nearest-even as numpy's ``astype`` (the reference
+    converter's), several times faster.
+    """
+    import gguf
+    import torch
+
+    f16 = qtype == gguf.GGMLQuantizationType.F16
+    if array.ndim <= 1:
+        blocks, step = [array], None
+    else:
+        step = max(1, CHUNK // max(1, int(np.prod(array.shape[1:]))))
+        blocks = (array[i:i + step] for i in range(0, array.shape[0], step))
+    out = None
+    for i, block in enumerate(blocks):
+        if f16:
+            block = torch.as_tensor(block).to(torch.float16).numpy()
+        else:
+            block = gguf.quants.quantize(np.asarray(to_numpy(block), dtype=np.float32), qtype)
+        if step is None:
+            return block
+        if out is None:
+            out = np.empty((array.shape[0], *block.shape[1:]), dtype=block.dtype)
+        out[i * step:i * step + len(block)] = block
+    return out
 
 
 def permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -183,16 +241,48 @@ def add_hparams(writer, config: dict, arch: str, name: str, ftype) -> None:
     writer.add_quantization_version(2)  # GGML_QNT_VERSION, as the reference writes it
 
 
-def expected_tensors(config: dict) -> set[str]:
-    """The GGUF tensors a complete Llama/Qwen2 model has (a truncated stream must not pass)."""
-    names = {"token_embd.weight", "output_norm.weight"}
-    if not config.get("tie_word_embeddings", False):
-        names.add("output.weight")
+def plan_tensors(config: dict, arch: str, qtype) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Every tensor the GGUF will hold, in file order: ``{name: (numpy shape, GGML type)}``.
+
+    Known before the first tensor arrives, so the header is written first and each tensor
+    goes straight to its place in the file, whatever order the stream brings them in. It is
+    also the check that the stream is complete and that the weights fit config.json.
+    As the reference: 1-D tensors and norms stay F32 (llama.cpp expects them so).
+    """
+    import gguf
+
+    h, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or h // heads
+    q, kv = heads * head_dim, config.get("num_key_value_heads", heads) * head_dim
+    ff, vocab = config["intermediate_size"], config["vocab_size"]
+    attn_bias = arch == "qwen2" or bool(config.get("attention_bias"))
+    plan = {"token_embd.weight": (vocab, h)}
     for i in range(config["num_hidden_layers"]):
-        names.update(f"blk.{i}.{t}.weight" for t in (
-            "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-            "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"))
-    return names
+        b = f"blk.{i}."
+        plan.update({b + "attn_norm.weight": (h,), b + "attn_q.weight": (q, h),
+                     b + "attn_k.weight": (kv, h), b + "attn_v.weight": (kv, h),
+                     b + "attn_output.weight": (h, q)})
+        if attn_bias:  # Qwen2 biases q, k and v; a Llama with attention_bias all four
+            plan.update({b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)})
+            if arch == "llama":
+                plan[b + "attn_output.bias"] = (h,)
+        plan.update({b + "ffn_norm.weight": (h,), b + "ffn_gate.weight": (ff, h),
+                     b + "ffn_up.weight": (ff, h), b + "ffn_down.weight": (h, ff)})
+        if arch == "llama" and config.get("mlp_bias"):
+            plan.update({b + "ffn_gate.bias": (ff,), b + "ffn_up.bias": (ff,), b + "ffn_down.bias": (h,)})
+    plan["output_norm.weight"] = (h,)
+    if not config.get("tie_word_embeddings", False):
+        plan["output.weight"] = (vocab, h)
+    f32 = gguf.GGMLQuantizationType.F32
+    return {name: (shape, f32 if len(shape) == 1 or name.endswith("_norm.weight") else qtype)
+            for name, shape in plan.items()}
+
+
+def nbytes(shape: tuple[int, ...], qtype) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape)) // block * size
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -240,6 +330,14 @@ def end_of_turn(tokenizer) -> Optional[int]:
     return None
 
 
+def looks_special(token: str) -> bool:
+    """Added tokens the reference marks CONTROL though their tokenizer does not say special."""
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<\uff5c") and token.endswith("\uff5c>"))  # deepseek's fullwidth bars
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
 def read_vocab(folder: Path, config: dict) -> Vocab:
     """Tokens, types, merges, special ids and flags, the way the reference reads a BPE vocab."""
     import gguf
@@ -274,7 +372,7 @@ def read_vocab(folder: Path, config: dict) -> Vocab:
             # llama.cpp takes added tokens as pre-normalized, as the reference notes
             if not decoder[i].normalized:
                 token = tokenizer.decode(tokenizer.encode(token, add_special_tokens=False))
-            if decoder[i].special or (token.startswith("<|") and token.endswith("|>")):
+            if decoder[i].special or looks_special(token):
                 types.append(gguf.TokenType.CONTROL)
             else:
                 token = token.replace("\u2581", " ")
@@ -358,67 +456,90 @@ def convert(config: dict, tokenizer_folder: Path, tensors: Iterable[tuple[str, A
     ftype = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
              "BF16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
     qtype = gguf.GGMLQuantizationType[outtype]
-    n_layers = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads", n_head)
     tied = bool(config.get("tie_word_embeddings", False))
     vocab = read_vocab(tokenizer_folder, config)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layers)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config["num_hidden_layers"])
 
+    plan = plan_tensors(config, arch, qtype)
     out = Path(out)
     with atomic_path(out) as tmp:
-        writer = gguf.GGUFWriter(tmp, arch, use_temp_file=True)
-        # GGUFWriter spools tensor data into `temp_file` (256 MB in RAM, then /tmp, by default);
-        # an unnamed file beside the output keeps it out of memory and on the output's disk.
-        writer.temp_file = tempfile.TemporaryFile(dir=out.parent)
-        try:
-            types: dict[str, int] = {}
+        data_start, offsets, params = write_header(tmp, config, arch, name, ftype, plan, vocab)
+        written: set[str] = set()
+        with open(tmp, "r+b") as f:
             for hf_name, array in tensors:
                 if hf_name.endswith(".rotary_emb.inv_freq"):
                     continue
                 if tied and hf_name == "lm_head.weight":
                     continue  # llama.cpp reuses token_embd when output.weight is absent
                 new_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-                if new_name is None:
+                if new_name is None or new_name not in plan:
                     raise StageError(f"cannot convert tensor {hf_name!r} of a {hf_arch} to GGUF: "
-                                     "the name is not part of this architecture")
-                data = to_numpy(array)
+                                     "the name is not part of this architecture"
+                                     + ("" if new_name is None else " as config.json describes it"))
+                shape, qt = plan[new_name]
+                if tuple(array.shape) != shape or new_name in written:
+                    raise StageError(f"cannot convert tensor {hf_name!r} to GGUF: " + (
+                        "it came twice" if new_name in written else
+                        f"its shape {list(array.shape)} is not {list(shape)}, which config.json "
+                        "implies"))
                 if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-                    data = permute_qk(data, n_head)
+                    array = permute_qk(to_numpy(array), n_head)
                 elif permute and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-                    data = permute_qk(data, n_kv)
-                # as the reference: 1-D tensors and norms stay F32 (llama.cpp expects them so)
-                dtype = (gguf.GGMLQuantizationType.F32
-                         if data.ndim <= 1 or new_name.endswith("_norm.weight") else qtype)
-                data = gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32)
-                                            if data.dtype != np.float32 else data, dtype)
-                writer.add_tensor(new_name, data, raw_dtype=dtype)
-                types[dtype.name] = types.get(dtype.name, 0) + 1
-                del data, array
-            written = set(writer.tensors[0])
-            missing = sorted(expected_tensors(config) - written)
+                    array = permute_qk(to_numpy(array), n_kv)
+                data = encode(array, qt)
+                del array  # one tensor in two forms at most
+                f.seek(data_start + offsets[new_name])
+                data.tofile(f)
+                written.add(new_name)
+                del data
+            missing = [n for n in plan if n not in written]
             if missing:
                 raise StageError(f"cannot write {out}: the {hf_arch} tensors are incomplete; "
                                  f"missing {len(missing)}: {', '.join(missing[:8])}"
                                  f"{' ...' if len(missing) > 8 else ''}")
-            add_hparams(writer, config, arch, name, ftype)
-            params = writer.get_total_parameter_count()
-            writer.add_size_label(gguf.size_label(*params))
-            add_vocab(writer, vocab)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()  # the tensor table, then the spooled data
-        finally:
-            writer.close()
-            if writer.temp_file is not None and not writer.temp_file.closed:
-                writer.temp_file.close()
+            f.truncate(data_start + offsets[""])  # the padding after the last tensor
         size = os.path.getsize(tmp)
+    types: dict[str, int] = {}
+    for _, qt in plan.values():
+        types[qt.name] = types.get(qt.name, 0) + 1
     return {
         "file": str(out), "name": name, "architecture": arch, "hf_architecture": hf_arch,
-        "outtype": outtype, "tensors": len(written), "tensor_types": dict(sorted(types.items())),
-        "parameters": params[0], "bytes": size, "tied_embeddings": tied,
+        "outtype": outtype, "tensors": len(plan), "tensor_types": dict(sorted(types.items())),
+        "parameters": params, "bytes": size, "tied_embeddings": tied,
         "context_length": config["max_position_embeddings"], "tokenizer": vocab_facts(vocab),
     }
+
+
+def write_header(path: Path, config: dict, arch: str, name: str, ftype, plan: dict,
+                 vocab: Vocab) -> tuple[int, dict[str, int], int]:
+    """Write the GGUF header, keys and tensor table; ``(data start, {tensor: offset}, params)``.
+
+    Offsets are relative to the data start and padded as GGUFWriter pads them; the key ``""``
+    holds the end of the data.
+    """
+    import gguf
+
+    writer = gguf.GGUFWriter(path, arch)
+    offsets, end = {}, 0
+    for tensor, (shape, qtype) in plan.items():
+        size = nbytes(shape, qtype)
+        writer.add_tensor_info(tensor, shape, np.float32, size, raw_dtype=qtype)
+        offsets[tensor] = end
+        end += gguf.GGUFWriter.ggml_pad(size, writer.data_alignment)
+    offsets[""] = end
+    add_hparams(writer, config, arch, name, ftype)
+    params = writer.get_total_parameter_count()
+    writer.add_size_label(gguf.size_label(*params))
+    add_vocab(writer, vocab)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+    finally:
+        writer.close()
+    return gguf.GGUFWriter.ggml_pad(os.path.getsize(path), writer.data_alignment), offsets, params[0]
 
 
 def convert_folder(hf_folder: Path, out: Path, *, outtype: str = "F16", name: str) -> dict:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..errors import StageError
 
@@ -44,8 +44,7 @@ CHAT = (
     {"role": "assistant", "content": "12 plus 30 is 42."},
     {"role": "user", "content": "And 7 times 6?"},
 )
-PROBE = [{"role": "user", "content": "AFS-PROBE-QUESTION"},
-         {"role": "assistant", "content": "AFS-PROBE-ANSWER"}]
+CONTEXT = 512  # tokens of llama.cpp context for a prompt and its answer
 
 
 def _llama(gguf_path: Path, **kwargs):
@@ -63,6 +62,8 @@ def _llama(gguf_path: Path, **kwargs):
 
 def _markers(tokenizer) -> list[str]:
     """The chat template's own text around messages, e.g. '<|im_start|>assistant\\n'."""
+    from .gguf_convert import PROBE
+
     if not getattr(tokenizer, "chat_template", None):
         return []
     text = tokenizer.apply_chat_template(PROBE, tokenize=False, add_generation_prompt=True)
@@ -74,14 +75,33 @@ def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def _compare(kind: str, text: str, hf: list[int], gg: list[int], tokenizer, llm) -> dict:
+    """One string's result; on a mismatch, the pieces each side cut around the difference."""
+    item = {"kind": kind, "text": text, "transformers": hf, "llama_cpp": gg, "ok": hf == gg}
+    if hf != gg:
+        i = _first_difference(hf, gg)
+        item["first_difference"] = i
+        item["transformers_pieces"] = [tokenizer.decode([t]) for t in hf[i:i + 4]]
+        item["llama_cpp_pieces"] = [llm.detokenize([t], special=True).decode("utf-8", "replace")
+                                    for t in gg[i:i + 4]]
+    return item
+
+
 def tokenization_parity(hf_folder: Path, gguf_path: Path) -> dict:
     """Compare transformers' and llama.cpp's ids on a fixed set of strings, and special ids."""
     from transformers import AutoTokenizer
 
-    from .gguf_convert import CHKTXT, end_of_turn
-
     tokenizer = AutoTokenizer.from_pretrained(hf_folder)
     llm = _llama(gguf_path, vocab_only=True)
+    try:
+        return _tokenization(tokenizer, llm, hf_folder, gguf_path)
+    finally:
+        llm.close()
+
+
+def _tokenization(tokenizer, llm, hf_folder: Path, gguf_path: Path) -> dict:
+    from .gguf_convert import CHKTXT, end_of_turn
+
     model = llm._model
     add_bos = bool(model.add_bos_token())
     specials = [t for t in tokenizer.all_special_tokens]
@@ -91,16 +111,14 @@ def tokenization_parity(hf_folder: Path, gguf_path: Path) -> dict:
     for text in dict.fromkeys(texts):  # in order, without repeats
         hf = tokenizer.encode(text, add_special_tokens=True)
         gg = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-        items.append({"kind": "text", "text": text, "transformers": hf, "llama_cpp": gg,
-                      "ok": hf == gg})
+        items.append(_compare("text", text, hf, gg, tokenizer, llm))
     if getattr(tokenizer, "chat_template", None):
         rendered = tokenizer.apply_chat_template(list(CHAT), tokenize=False,
                                                  add_generation_prompt=True)
         hf = tokenizer.apply_chat_template(list(CHAT), tokenize=True, add_generation_prompt=True,
                                            return_dict=False)
         gg = llm.tokenize(rendered.encode("utf-8"), add_bos=add_bos, special=True)
-        items.append({"kind": "chat", "text": rendered, "transformers": list(hf), "llama_cpp": gg,
-                      "ok": list(hf) == gg})
+        items.append(_compare("chat", rendered, list(hf), gg, tokenizer, llm))
 
     def hf_id(value: Optional[int]) -> int:
         return -1 if value is None else int(value)
@@ -115,14 +133,17 @@ def tokenization_parity(hf_folder: Path, gguf_path: Path) -> dict:
     for kind, (hf, gg) in special.items():
         if kind == "bos" and hf == -1 and not add_bos:
             continue  # a BOS the tokenizer never adds and llama.cpp never adds is harmless
-        items.append({"kind": "special", "text": kind, "transformers": hf, "llama_cpp": gg,
-                      "ok": hf == gg})
+        item = {"kind": "special", "text": kind, "transformers": hf, "llama_cpp": gg, "ok": hf == gg}
+        if kind != "add_bos":
+            item["transformers_piece"] = tokenizer.convert_ids_to_tokens(hf) if hf >= 0 else None
+            item["llama_cpp_piece"] = (llm.detokenize([gg], special=True).decode("utf-8", "replace")
+                                       if gg >= 0 else None)
+        items.append(item)
     hf_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     gg_template = llm.metadata.get("tokenizer.chat_template")
     items.append({"kind": "template", "text": "chat_template", "transformers": hf_template,
                   "llama_cpp": gg_template, "ok": hf_template == gg_template})
     pre = llm.metadata.get("tokenizer.ggml.pre")
-    del llm
     return {"check": "tokenization", "gguf": str(gguf_path), "hf_folder": str(hf_folder),
             "pre": pre, "items": items, "mismatches": sum(not i["ok"] for i in items),
             "ok": all(i["ok"] for i in items)}
@@ -136,56 +157,66 @@ def generation_parity(hf_folder: Path, gguf_path: Path, prompts: Sequence[str], 
     Both sides start from transformers' ids of the chat-templated prompt (tokenization is
     :func:`tokenization_parity`'s job), and stop at their own end tokens.
     """
-    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import llama_cpp
 
     tokenizer = AutoTokenizer.from_pretrained(hf_folder)
     model = AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32).eval()
     stops = model.generation_config.eos_token_id
+    if stops is None:
+        stops = tokenizer.eos_token_id
     stops = set(stops if isinstance(stops, list) else [] if stops is None else [stops])
-    llm = _llama(gguf_path, n_ctx=512, n_threads=n_threads, n_threads_batch=n_threads,
+    llm = _llama(gguf_path, n_ctx=CONTEXT, n_threads=n_threads, n_threads_batch=n_threads,
                  logits_all=True, seed=0)
-    vocab = llm._model.vocab
-    items = []
-    for prompt in prompts:
-        ids = list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                 tokenize=True, add_generation_prompt=True,
-                                                 return_dict=False))
-        if len(ids) + max_new_tokens > 512:
-            raise StageError(f"generation parity: prompt {prompt[:40]!r} is too long for the check")
-        hf_ids, hf_logits = _hf_greedy(model, ids, max_new_tokens, stops)
-        gg_ids = _llama_greedy(llm, ids, max_new_tokens, lambda t: llama_cpp.llama_vocab_is_eog(vocab, t))
-        # llama.cpp's top-1 at each position of the HF answer (teacher forcing)
-        llm.reset()
-        llm.eval(ids + hf_ids)
-        gg_logits = np.array(llm.scores[len(ids) - 1: len(ids) + len(hf_ids) - 1])
-        flips = []
-        for pos, (hf_row, gg_row) in enumerate(zip(hf_logits, gg_logits)):
-            a, b = int(hf_row.argmax()), int(gg_row.argmax())
-            if a != b:
-                margin = float(hf_row[a] - hf_row[b])
-                flips.append({"position": pos, "transformers": a, "llama_cpp": b,
-                              "margin": round(margin, 6), "near_tie": margin <= tie_tolerance})
-        diverged = _first_difference(hf_ids, gg_ids)
-        same = hf_ids == gg_ids
-        benign = (not same) and any(f["near_tie"] and f["position"] == diverged for f in flips)
-        ok = all(f["near_tie"] for f in flips) and (same or benign)
-        items.append({
-            "prompt": prompt, "transformers": hf_ids, "llama_cpp": gg_ids,
-            "transformers_text": tokenizer.decode(hf_ids), "llama_cpp_text": tokenizer.decode(gg_ids),
-            "identical": same, "first_difference": None if same else diverged,
-            "top1_agree": len(hf_ids) - len(flips), "top1_total": len(hf_ids), "top1_flips": flips,
-            "max_abs_logit_diff": round(float(np.abs(np.array(hf_logits) - gg_logits).max()), 6)
-            if hf_ids else 0.0,
-            "ok": ok,
-        })
-    del llm
+    try:
+        items = [_generation(prompt, tokenizer, model, llm, stops, max_new_tokens, tie_tolerance)
+                 for prompt in prompts]
+    finally:
+        llm.close()
     return {"check": "generation", "gguf": str(gguf_path), "hf_folder": str(hf_folder),
             "max_new_tokens": max_new_tokens, "tie_tolerance": tie_tolerance, "items": items,
             "mismatches": sum(not i["ok"] for i in items), "ok": all(i["ok"] for i in items)}
+
+
+def _generation(prompt: str, tokenizer, model, llm, stops: set[int], max_new_tokens: int,
+                tie_tolerance: float) -> dict:
+    """One prompt: both greedy answers, and llama.cpp's top-1 along the HF answer."""
+    import numpy as np
+
+    import llama_cpp
+
+    ids = list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             tokenize=True, add_generation_prompt=True,
+                                             return_dict=False))
+    if len(ids) + max_new_tokens > CONTEXT:
+        raise StageError(f"generation parity: prompt {prompt[:40]!r} is too long for the check "
+                         f"({len(ids)} tokens, {CONTEXT - max_new_tokens} at most)")
+    vocab = llm._model.vocab
+    hf_ids, hf_logits = _hf_greedy(model, ids, max_new_tokens, stops)
+    gg_ids = _llama_greedy(llm, ids, max_new_tokens,
+                           lambda t: llama_cpp.llama_vocab_is_eog(vocab, t))
+    llm.reset()  # llama.cpp's top-1 at each position of the HF answer (teacher forcing)
+    llm.eval(ids + hf_ids)
+    gg_logits = np.array(llm.scores[len(ids) - 1: len(ids) + len(hf_ids) - 1])
+    flips = []
+    for pos, (hf_row, gg_row) in enumerate(zip(hf_logits, gg_logits)):
+        a, b = int(hf_row.argmax()), int(gg_row.argmax())
+        if a != b:
+            margin = float(hf_row[a] - hf_row[b])
+            flips.append({"position": pos, "transformers": a, "llama_cpp": b,
+                          "margin": round(margin, 6), "near_tie": margin <= tie_tolerance})
+    same = hf_ids == gg_ids
+    diverged = None if same else _first_difference(hf_ids, gg_ids)
+    # answers that part at a near-tie are both right; anything else is a real difference
+    benign = any(f["near_tie"] and f["position"] == diverged for f in flips)
+    return {
+        "prompt": prompt, "transformers": hf_ids, "llama_cpp": gg_ids,
+        "transformers_text": tokenizer.decode(hf_ids), "llama_cpp_text": tokenizer.decode(gg_ids),
+        "identical": same, "first_difference": diverged,
+        "top1_agree": len(hf_ids) - len(flips), "top1_total": len(hf_ids), "top1_flips": flips,
+        "max_abs_logit_diff": round(float(np.abs(np.array(hf_logits) - gg_logits).max()), 6),
+        "ok": all(f["near_tie"] for f in flips) and (same or benign),
+    }
 
 
 def _hf_greedy(model, ids: list[int], max_new_tokens: int, stops: set[int]):
@@ -230,15 +261,18 @@ def _describe(item: dict, check: str) -> str:
                     f"position(s) {', '.join(str(f['position']) for f in flips)}")
         return (f"prompt {item['prompt']!r}: answers differ from token {item['first_difference']}: "
                 f"transformers {item['transformers_text']!r}, llama.cpp {item['llama_cpp_text']!r}")
+    if item["kind"] == "special" and item["text"] == "add_bos":
+        return (f"add_bos: transformers {bool(item['transformers'])}, "
+                f"GGUF {bool(item['llama_cpp'])}")
     if item["kind"] == "special":
-        return (f"{item['text']}: transformers {item['transformers']}, "
-                f"GGUF {item['llama_cpp']}")
+        return (f"{item['text']} id: transformers {item['transformers']} "
+                f"({item['transformers_piece']!r}), GGUF {item['llama_cpp']} "
+                f"({item['llama_cpp_piece']!r})")
     if item["kind"] == "template":
         return "chat template: the GGUF's differs from the tokenizer's"
-    hf, gg = item["transformers"], item["llama_cpp"]
-    i = _first_difference(hf, gg)
-    return (f"{item['kind']} {item['text'][:60]!r}: ids differ from position {i}: "
-            f"transformers {hf[i:i + 4]}, llama.cpp {gg[i:i + 4]}")
+    return (f"{item['kind']} {item['text'][:60]!r}: split differently from token "
+            f"{item['first_difference']}: transformers {item['transformers_pieces']}, "
+            f"llama.cpp {item['llama_cpp_pieces']}")
 
 
 def check(report: dict) -> dict:
