@@ -149,7 +149,7 @@ def _tokenization(tokenizer, llm, hf_folder: Path, gguf_path: Path) -> dict:
             "ok": all(i["ok"] for i in items)}
 
 
-def generation_parity(hf_folder: Path, gguf_path: Path, prompts: Sequence[str], *,
+def generation_parity(hf_folder: Path, gguf_path: Path, prompts: Sequence[str | list[dict]], *,
                       max_new_tokens: int = 16, n_threads: int = 2,
                       tie_tolerance: float = 0.1) -> dict:
     """Compare greedy answers and top-1 next tokens of the GGUF with the HF model's.
@@ -178,14 +178,16 @@ def generation_parity(hf_folder: Path, gguf_path: Path, prompts: Sequence[str], 
             "mismatches": sum(not i["ok"] for i in items), "ok": all(i["ok"] for i in items)}
 
 
-def _generation(prompt: str, tokenizer, model, llm, stops: set[int], max_new_tokens: int,
-                tie_tolerance: float) -> dict:
-    """One prompt: both greedy answers, and llama.cpp's top-1 along the HF answer."""
+def _generation(prompt: str | list[dict], tokenizer, model, llm, stops: set[int],
+                max_new_tokens: int, tie_tolerance: float) -> dict:
+    """One prompt (a user message, or a conversation to continue): both greedy answers, and
+    llama.cpp's top-1 along the HF answer."""
     import numpy as np
 
     import llama_cpp
 
-    ids = list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    ids = list(tokenizer.apply_chat_template(messages,
                                              tokenize=True, add_generation_prompt=True,
                                              return_dict=False))
     if len(ids) + max_new_tokens > CONTEXT:
