@@ -37,28 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-LLAMA_CPP_VERSION = "0.3.36"
-SDIST_CACHE = Path(os.environ.get("AFS_LLAMA_CPP_SRC_CACHE", "/tmp/lcpp-src"))
+import reference  # noqa: E402  (tests/reference.py: llama.cpp's converter from the sdist)
+
 FULL = dict(hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, vocab=151936)
 SMALL = dict(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2, vocab=32000)
 PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
                "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 QUANTS = ("Q8_0", "Q4_K_M")
-REFERENCE = """
-import runpy, sys
-root, pre = sys.argv[1:3]
-sys.path[:0] = [root, root + "/gguf-py"]
-import conversion.base as base
-known = base.TextModel.get_vocab_base_pre
-def named(self, tokenizer):
-    try:
-        return known(self, tokenizer)
-    except NotImplementedError:  # the test tokenizer's own vocabulary: name its split rules
-        return pre
-base.TextModel.get_vocab_base_pre = named
-sys.argv = ["convert_hf_to_gguf.py", *sys.argv[3:]]
-runpy.run_path(root + "/convert_hf_to_gguf.py", run_name="__main__")
-"""
 
 
 # --- the inputs --------------------------------------------------------------------------------
@@ -123,14 +108,10 @@ def build_inputs(work: Path, dims: dict, rank: int = 16) -> tuple[Path, Path]:
 
 
 def reference_root() -> Path:
-    root = SDIST_CACHE / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
-    if not (root / "convert_hf_to_gguf.py").is_file():
-        archive = SDIST_CACHE / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-        if not archive.is_file():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:",
-                            "--no-deps", f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d",
-                            str(SDIST_CACHE)], check=True, capture_output=True)
-        subprocess.run(["tar", "xzf", str(archive), "-C", str(SDIST_CACHE)], check=True)
+    root = reference.llama_cpp_tree()
+    if root is None:
+        sys.exit("llama.cpp's reference converter is unavailable (pip download of the "
+                 "llama-cpp-python sdist failed)")
     return root
 
 
@@ -225,9 +206,7 @@ def afs_path(base: Path, adapter: Path, out: Path) -> dict:
 def reference_path(base: Path, adapter: Path, out: Path) -> dict:
     merged, f16 = out / "merged", out / "ref-F16.gguf"
     steps = {"peft merge+save": timed(self_step("peft", str(base), str(adapter), str(merged))),
-             "convert_hf_to_gguf": timed([sys.executable, "-c", REFERENCE, str(reference_root()),
-                                        "qwen2", str(merged), "--outtype", "f16", "--outfile",
-                                        str(f16)])}
+             "convert_hf_to_gguf": timed(reference.command(reference_root(), merged, f16))}
     for q in QUANTS:
         steps[f"quantize {q}"] = timed(self_step("quantize", str(f16), str(out / f"ref-{q}.gguf"), q))
     return steps

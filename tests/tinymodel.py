@@ -91,6 +91,17 @@ def build_tiny_model(folder: Path, *, seed: int = 0, hidden: int = 256, intermed
     return folder
 
 
+def tiny_gguf(folder: Path, *, hidden: int = 256, outtype: str = "F16") -> Path:
+    """A tiny model of `hidden` size as a GGUF file (afs's converter), its HF folder beside it."""
+    from afs_build.post.gguf_convert import convert_folder
+
+    folder = Path(folder)
+    hf = build_tiny_model(folder / "hf", hidden=hidden)
+    out = folder / f"tiny-{outtype}.gguf"
+    convert_folder(hf, out, outtype=outtype, name="tiny")
+    return out
+
+
 def _pin_tokenizer_config(folder: Path) -> None:
     """Write add_bos_token explicitly (llama.cpp's BPE default would add a BOS otherwise)."""
     path = folder / "tokenizer_config.json"

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,32 +21,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before ggml loads: see FI
 
 from afs_build.errors import StageError  # noqa: E402
 from afs_build.post import gguf_convert, parity  # noqa: E402
+import reference  # noqa: E402
 from tinymodel import build_tiny_model  # noqa: E402
 
 llama_cpp = pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
 REPO = Path(__file__).resolve().parents[2]
-LLAMA_CPP_VERSION = "0.3.36"
-SDIST_CACHE = Path(os.environ.get("AFS_LLAMA_CPP_SRC_CACHE", "/tmp/lcpp-src"))
-# The reference names a BPE pre-tokenizer by hashing the ids of a check text; the tiny model's
-# own vocabulary is unknown to it, so it is told the name (what convert_hf_to_gguf_update.py
-# would add). Known tokenizers (SmolLM2) go through untouched.
-REFERENCE = """
-import runpy, sys
-root, pre = sys.argv[1:3]
-sys.path[:0] = [root, root + "/gguf-py"]
-import conversion.base as base
-known = base.TextModel.get_vocab_base_pre
-def named(self, tokenizer):
-    try:
-        return known(self, tokenizer)
-    except NotImplementedError:
-        return pre
-base.TextModel.get_vocab_base_pre = named
-sys.argv = ["convert_hf_to_gguf.py", *sys.argv[3:]]
-runpy.run_path(root + "/convert_hf_to_gguf.py", run_name="__main__")
-"""
 PROMPTS = ["What is the capital of France?", "What is 12 plus 30?", "Write add(a, b) in Python."]
 BY_DESIGN = {"general.name", "tokenizer.ggml.eot_token_id"}
 UNSUPPORTED = ("cannot convert architecture 'GPT2LMHeadModel' to GGUF: afs's converter supports "
@@ -56,24 +36,15 @@ UNSUPPORTED = ("cannot convert architecture 'GPT2LMHeadModel' to GGUF: afs's con
 
 def reference_converter() -> Path:
     """The llama.cpp tree of the llama-cpp-python sdist (downloaded once), or skip."""
-    root = SDIST_CACHE / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
-    if not (root / "convert_hf_to_gguf.py").is_file():
-        archive = SDIST_CACHE / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-        if not archive.is_file():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:",
-                            "--no-deps", f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d",
-                            str(SDIST_CACHE)], capture_output=True, check=False)
-        if archive.is_file():
-            subprocess.run(["tar", "xzf", str(archive), "-C", str(SDIST_CACHE)], check=False)
-    if not (root / "convert_hf_to_gguf.py").is_file():
+    root = reference.llama_cpp_tree()
+    if root is None:
         pytest.skip("llama.cpp's convert_hf_to_gguf.py is not available (no sdist)")
     pytest.importorskip("sentencepiece")  # the reference imports it even for BPE models
     return root
 
 
 def reference_gguf(hf: Path, out: Path, pre: str = "qwen2", outtype: str = "f16") -> Path:
-    done = subprocess.run([sys.executable, "-c", REFERENCE, str(reference_converter()), pre,
-                           str(hf), "--outtype", outtype, "--outfile", str(out)],
+    done = subprocess.run(reference.command(reference_converter(), hf, out, pre=pre, outtype=outtype),
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return out

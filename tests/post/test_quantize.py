@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,24 +18,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before ggml loads: see FI
 
 from afs_build.errors import StageError  # noqa: E402
 from afs_build.post import quantize as q  # noqa: E402
-from tinymodel import build_tiny_model  # noqa: E402
+from tinymodel import tiny_gguf  # noqa: E402
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
 REPO = Path(__file__).resolve().parents[2]
-LLAMA_CPP_VERSION = "0.3.36"
-SDIST_CACHE = Path(os.environ.get("AFS_LLAMA_CPP_SRC_CACHE", "/tmp/lcpp-src"))
-# The reference converter identifies a BPE pre-tokenizer by hashing how it splits a probe
-# text; the tiny model's own tokenizer uses Qwen2's split rules, so name that pre-type.
-CONVERT = """
-import runpy, sys
-root = sys.argv[1]
-sys.path[:0] = [root, root + "/gguf-py"]
-import conversion.base
-conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
-runpy.run_path(root + "/convert_hf_to_gguf.py", run_name="__main__")
-"""
 CHAT = [
     [{"role": "user", "content": "What is 12 plus 30?"},
      {"role": "assistant", "content": "12 plus 30 is 42."}],
@@ -49,32 +34,9 @@ CHAT = [
 ]
 
 
-def reference_converter() -> Path:
-    """The llama.cpp tree of the llama-cpp-python sdist (downloaded once), or skip."""
-    root = SDIST_CACHE / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
-    if not (root / "convert_hf_to_gguf.py").is_file():
-        archive = SDIST_CACHE / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-        if not archive.is_file():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:",
-                            "--no-deps", f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d",
-                            str(SDIST_CACHE)], capture_output=True, check=False)
-        if archive.is_file():
-            subprocess.run(["tar", "xzf", str(archive), "-C", str(SDIST_CACHE)], check=False)
-    if not (root / "convert_hf_to_gguf.py").is_file():
-        pytest.skip("llama.cpp's convert_hf_to_gguf.py is not available (no sdist)")
-    pytest.importorskip("sentencepiece")
-    return root
-
-
 def tiny_f16(folder: Path, hidden: int) -> Path:
     """A tiny Qwen2 model of `hidden` size as an F16 GGUF file (and its HF folder beside it)."""
-    hf = build_tiny_model(folder / "hf", hidden=hidden)
-    out = folder / "tiny-F16.gguf"
-    done = subprocess.run([sys.executable, "-c", CONVERT, str(reference_converter()), str(hf),
-                           "--outtype", "f16", "--outfile", str(out)],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out
+    return tiny_gguf(folder, hidden=hidden)
 
 
 @pytest.fixture(scope="module")
