@@ -65,6 +65,11 @@ class SliceChanged:
     def __repr__(self) -> str:
         return f"SliceChanged({self.label!r})"
 
+    @property
+    def reason(self) -> str:
+        """Why the task runs when this check fails, in `afs plan`'s words."""
+        return f"manifest slice changed: {self.label}"
+
 
 class TreeChanged:
     """doit ``uptodate``: true while the content of a set of files is unchanged.
@@ -102,6 +107,10 @@ class TreeChanged:
     def __repr__(self) -> str:
         return f"TreeChanged({self.label!r})"
 
+    @property
+    def reason(self) -> str:
+        return f"input content changed: {self.label}"
+
 
 class DigestChanged:
     """doit ``uptodate``: true while `compute()` returns what it returned at the last success.
@@ -124,6 +133,10 @@ class DigestChanged:
 
     def __repr__(self) -> str:
         return f"DigestChanged({self.label!r})"
+
+    @property
+    def reason(self) -> str:
+        return f"input content changed: {self.label}"
 
 
 def file_digest(path: Path) -> str:

@@ -58,13 +58,7 @@ def _reasons(task, tasks: dict, dep) -> list[str]:
     for reason, value in status.reasons.items():
         if reason == "uptodate_false":
             for check, _args, _kwargs in value:
-                label = getattr(check, "label", repr(check))
-                if isinstance(check, graph.SliceChanged):
-                    out.append(f"manifest slice changed: {label}")
-                elif label.startswith("server "):
-                    out.append(f"{label} is not answering")
-                else:
-                    out.append(f"input content changed: {label}")
+                out.append(getattr(check, "reason", f"not up to date: {check!r}"))
         elif reason == "changed_file_dep":
             out.extend(f"input content changed: {path}" for path in value)
         elif reason == "missing_target":

@@ -36,7 +36,9 @@ class ServerHealthy:
     def __repr__(self) -> str:
         return f"ServerHealthy({self.alias!r})"
 
-    label = property(lambda self: f"server {self.alias} on port {self.port}")
+    @property
+    def reason(self) -> str:
+        return f"server {self.alias} on port {self.port} is not answering"
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
