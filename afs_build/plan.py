@@ -16,6 +16,10 @@ from .manifest import Manifest
 from .paths import Layout
 
 
+# Chat-template markers around a system, a user and an assistant turn (ChatML: about 15).
+TEMPLATE_TOKENS = 15
+
+
 @dataclass(frozen=True)
 class TaskPlan:
     name: str
@@ -120,12 +124,21 @@ def _actual(layout: Layout, name: str) -> Optional[tuple[float, float]]:
 
 
 def _train_tokens(layout: Layout, spec, mix) -> tuple[int, str]:
+    """Training tokens per epoch: from the built mix where it exists, else from its size.
+
+    Each sample is also trained with the specialist's system prompt and the chat template's
+    markers, which the mix's counts do not include.
+    """
+    from .data.tokens import estimate_tokens
+
+    per_sample = estimate_tokens(spec.system_prompt) + TEMPLATE_TOKENS if spec.system_prompt else TEMPLATE_TOKENS
     stats = layout.mix(spec.name).stats
     if stats.exists():
         try:
-            return int(json.loads(stats.read_text())["train"]["tokens"]), "data"
+            train = json.loads(stats.read_text())["train"]
+            return int(train["tokens"]) + int(train["samples"]) * per_sample, "data"
         except (KeyError, ValueError, TypeError):
             pass
     if mix.tokens:
         return mix.tokens, "estimate"
-    return mix.samples * min(mix.avg_tokens, spec.max_seq_len), "estimate"
+    return mix.samples * (min(mix.avg_tokens, spec.max_seq_len) + per_sample), "estimate"

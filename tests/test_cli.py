@@ -62,9 +62,9 @@ def test_plan_says_what_runs_and_why_and_what_it_costs(project, minimal, capsys)
     assert re.search(r"^afs.yaml: (\d+) of \1 tasks would run$", out, re.M)  # nothing built yet
     assert "  run  ingest:chat                  new: never built successfully\n" in out
     assert "an input task runs: score:chat" in out
-    # 4 samples x min(avg_tokens 160, max_seq_len 512) = 640 tokens x 3 epochs
+    # 4 samples x (min(avg_tokens 160, max_seq_len 512) + 15 template tokens) = 700 tokens
     assert "  Beta v1: $0.268/hr × 10min = $0.04" in out
-    assert "(RTX4090 ×1 on rtx4090, 640 tokens × 3 epochs from estimate, ~71,111 tokens/s)" in out
+    assert "(RTX4090 ×1 on rtx4090, 700 tokens × 3 epochs from estimate, ~71,111 tokens/s)" in out
 
 
 def test_plan_json_totals_match_the_lines(project, minimal, capsys):
