@@ -8,7 +8,6 @@ cannot change a bit, so the two runs must agree exactly, loss for loss and weigh
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -21,17 +20,11 @@ from pathlib import Path
 import pytest
 
 from afs_build.training import script
-from test_train_script import QA, load_manifest, manifest_dict, metrics, sample, write_jsonl
+from test_train_script import (QA, import_script, load_manifest, manifest_dict, metrics, sample,
+                               write_jsonl)
 
 STEPS = 8  # 12 samples in micro-batches of 4: 3 per epoch, so rank 1 sits out every 2nd step
 TIMEOUT = 180
-
-
-def import_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
