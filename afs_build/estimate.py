@@ -2,20 +2,23 @@
 
 Throughput is tokens per second for LoRA on a 1B-parameter model, scaled by model size. GPU
 figures are derived, not measured: dense bf16 (fp32 where the card has no tensor cores) peak
-FLOP/s x 35% utilisation / (6 x parameters) FLOPs per token. The CPU figure was measured on the
-2-core machine CI runs on (SmolLM2-135M, about 150 tokens/s, so 20 for 1B). A hardware entry's
-``tokens_per_second`` replaces the table.
+FLOP/s x 35% utilisation / (6 x parameters) FLOPs per token. The CPU figures were measured on
+the 2-core machine CI runs on (SmolLM2-135M): about 150 tokens/s in float32 (20 for 1B) and
+about 250 under bfloat16 autocast (34 for 1B), which the training script uses where the CPU
+has bfloat16 arithmetic. A hardware entry's ``tokens_per_second`` replaces the
+table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 GIB = 2**30
 
 # LoRA training tokens/s for a 1B-parameter model, by SkyPilot accelerator name (upper case).
 THROUGHPUT_1B = {
-    "CPU": 20.0,
+    "CPU": 20.0, "CPU-BF16": 34.0,
     "H200": 60_000.0, "H100": 57_000.0, "A100-80GB": 18_000.0, "A100": 18_000.0,
     "L40S": 21_000.0, "L4": 7_000.0, "A10G": 7_300.0, "A10": 7_300.0, "V100": 7_300.0, "T4": 3_200.0,
     "RTX4090": 9_600.0, "RTX4080": 5_600.0, "RTX3090": 4_100.0, "RTX3080": 3_500.0,
@@ -46,9 +49,33 @@ def lora_memory_gib(params_b: float, precision: str) -> float:
     return weights * (1 + OVERHEAD_FRACTION) + OVERHEAD_GIB
 
 
-def throughput(gpu: str, count: int, params_b: float, override_1b: float | None = None) -> float:
-    """Estimated training tokens/s on `count` of `gpu` for a `params_b`-billion model."""
-    per_1b = override_1b or THROUGHPUT_1B.get(gpu.upper().replace(" ", ""), UNKNOWN_GPU_1B)
+def cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has bfloat16 arithmetic (x86 AVX512-BF16 or AMX, Arm BF16), on Linux.
+
+    The same test as the training script's, which picks bfloat16 autocast on such a CPU.
+    """
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def throughput(gpu: str, count: int, params_b: float, override_1b: float | None = None,
+               base_precision: str = "auto") -> float:
+    """Estimated training tokens/s on `count` of `gpu` for a `params_b`-billion model.
+
+    A local CPU counts as bfloat16-capable when this machine is (the plan runs where it trains).
+    """
+    key = gpu.upper().replace(" ", "")
+    if key == "CPU" and base_precision == "auto" and cpu_has_bfloat16():
+        key = "CPU-BF16"
+    per_1b = override_1b or THROUGHPUT_1B.get(key, UNKNOWN_GPU_1B)
     scale = count * (MULTI_GPU_EFFICIENCY if count > 1 else 1.0)
     return per_1b * scale / max(params_b, 1e-3)
 

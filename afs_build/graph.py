@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from .manifest import Manifest, plain
 from .paths import Layout
-from .stages import base, deploy, ingest, mix, post, render, score, train
+from .stages import base, deploy, evaluate, ingest, mix, post, render, score, train
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ STAGES = (
           post.gguf_tasks),
     Stage("quantize", "Quantize each GGUF and measure what each type costs (quantize:<specialist>).",
           post.quantize_tasks),
-    _stage(deploy),
+    _stage(deploy), _stage(evaluate),
 )
 
 

@@ -180,6 +180,21 @@ class DeployFiles:
 
 
 @dataclass(frozen=True)
+class EvalFiles:
+    """What ``eval`` writes for one specialist."""
+
+    folder: Path
+
+    @property
+    def results(self) -> Path:
+        return self.folder / "results.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / "summary.json"
+
+
+@dataclass(frozen=True)
 class Layout:
     """The build folder's layout for one manifest."""
 
@@ -220,6 +235,9 @@ class Layout:
 
     def deploy(self, specialist: str) -> DeployFiles:
         return DeployFiles(self.specialist(specialist) / "deploy")
+
+    def eval(self, specialist: str) -> EvalFiles:
+        return EvalFiles(self.specialist(specialist) / "eval")
 
     def cache(self, kind: str) -> Path:
         """Shared caches (teacher answers, converted base models), keyed by content inside."""

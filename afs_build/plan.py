@@ -103,7 +103,7 @@ def training_costs(manifest: Manifest, hardware_override: Optional[dict[str, str
         params = model.params_b or EMBEDDED_PARAMS_B[model.embedded]
         mix = manifest.mixes[spec.mix]
         tokens, where = _train_tokens(layout, spec, mix)
-        tps = estimate.throughput(hw.gpu, hw.count, params, hw.tokens_per_second)
+        tps = estimate.throughput(hw.gpu, hw.count, params, hw.tokens_per_second, spec.base_precision)
         est = estimate.training(tokens, spec.epochs, tps, hw.overhead_minutes, hw.price_per_hour, where)
         actual = _actual(layout, spec.name)
         lines.append(CostLine(spec.name, spec.title, hw.name, hw.gpu, hw.count, est,
@@ -129,15 +129,16 @@ def _train_tokens(layout: Layout, spec, mix) -> tuple[int, str]:
     Each sample is also trained with the specialist's system prompt and the chat template's
     markers, which the mix's counts do not include.
     """
-    from .data.tokens import estimate_tokens
+    from .data.tokens import estimate_tokens, sample_tokens
 
     per_sample = estimate_tokens(spec.system_prompt) + TEMPLATE_TOKENS if spec.system_prompt else TEMPLATE_TOKENS
-    stats = layout.mix(spec.name).stats
-    if stats.exists():
+    train = layout.mix(spec.name).train
+    if train.exists():  # each sample as long as it trains: cut at max_seq_len
         try:
-            train = json.loads(stats.read_text())["train"]
-            return int(train["tokens"]) + int(train["samples"]) * per_sample, "data"
-        except (KeyError, ValueError, TypeError):
+            with open(train, encoding="utf-8") as handle:
+                return sum(min(sample_tokens(json.loads(line)) + per_sample, spec.max_seq_len)
+                           for line in handle if line.strip()), "data"
+        except (KeyError, ValueError, TypeError, OSError):
             pass
     if mix.tokens:
         return mix.tokens, "estimate"

@@ -5,8 +5,10 @@ short instruction samples of varied length, tokenized the same way (loss on the 
 one epoch each, in the same run. afs packs samples into rows of --max-seq-len and runs the
 output layer on answer positions only; the baseline is a plain `Trainer` + peft run that pads
 each batch to its longest sample, with about as many real tokens per batch. The figure is
-tokens of real (non-padding) text per second of training. On a CUDA GPU both run in bfloat16
-and the report adds model FLOPs utilization: 6 x parameters x tokens/s / peak FLOPs.
+tokens of real (non-padding) text per second of training. Both compute in the precision the
+afs script picks on the device: bfloat16 on a CUDA GPU and on a CPU with bfloat16 arithmetic
+(AVX512-BF16, AMX), float32 on other CPUs. On a GPU the report adds model FLOPs utilization:
+6 x parameters x tokens/s / peak FLOPs.
 
     python bench/train_throughput.py [--base HF_FOLDER] [--samples 256] [--peak-tflops 989]
 
@@ -89,9 +91,12 @@ def run_trainer(module, base: Path, records: list[dict], folder: Path, batch_siz
     tokenizer = AutoTokenizer.from_pretrained(base)
     items, _ = module.tokenize(tokenizer, records, module.SYSTEM_PROMPT, module.MAX_SEQ_LEN)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    # the precision the afs script picks on this device (bfloat16 autocast on a GPU, and on a
+    # CPU with bfloat16 arithmetic), so the two differ only in packing and the loop
+    weights, amp, _ = module.precision(torch.device("cuda" if cuda else "cpu"))
+    bf16 = amp == torch.bfloat16
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if bf16 else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=weights)
     model = module.add_lora(model, None)
 
     def collate(batch):
@@ -176,7 +181,7 @@ def main() -> None:
     ours = max(afs_runs, key=lambda r: r["tokens_per_second"])
     theirs = max(trainer_runs, key=lambda r: r["tokens_per_second"])
     ours_tps = ours["tokens_per_second"]
-    device = ours["gpu"] or f"cpu ({ours['threads']} threads)"
+    device = (ours["gpu"] or f"cpu ({ours['threads']} threads)") + f", compute {ours['autocast'] or ours['weights_dtype']}"
     print(f"model: {base} ({ours['parameters'] - ours['trainable_parameters']:,} parameters, "
           f"LoRA {ours['trainable_parameters']:,}); device: {device}")
     print(f"data: {ours['train_samples']} samples, {ours['tokens_seen']:,} tokens, {mean_len:.0f} tokens a sample")

@@ -1,4 +1,5 @@
-"""The whole chain through doit on a tiny model: data → train → merge → GGUF → quantize → served.
+"""The whole chain through doit on a tiny model: data → train → merge → GGUF → quantize → served
+→ evaluated.
 
 One test on purpose: every step is real (torch, peft, llama.cpp, a server on a loopback port,
 the openai client), and the build it makes is reused for the incremental checks.
@@ -13,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from afs_build import plan
 from afs_build.cli import main as afs
@@ -37,12 +39,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def doit(root, *args) -> set[str]:
+def doit(root, *args, ok: bool = True) -> set[str]:
     result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
                             cwd=root, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "AFS_MANIFEST": "afs.yaml"})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert (result.returncode == 0) is ok, result.stdout[-4000:] + result.stderr[-4000:]
+    if not ok:
+        return result.stdout + result.stderr
     return {line[3:] for line in result.stdout.splitlines() if line.startswith(".  ")}
+
+
+SUITE = [
+    {"id": "france", "category": "general", "question": "What is the capital of France?",
+     "answer": "Paris", "grading": "contains", "max_tokens": 16},
+    {"id": "dma", "category": "snes", "question": "Which register starts DMA on the SNES?",
+     "keywords": ["420B", "MDMAEN"], "max_tokens": 16},
+    {"id": "judged", "category": "snes", "question": "What mode rotates a background?",
+     "answer": "Mode 7.", "grading": "judge", "max_tokens": 16},
+    {"id": "elsewhere", "category": "general", "specialists": ["alpha"], "question": "What is 12 plus 30?",
+     "answer": "42", "grading": "exact", "max_tokens": 8},
+]
 
 
 @pytest.mark.slow
@@ -59,8 +75,10 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
         "quantize": ["Q8_0", "Q4_K_M"], "serve_quant": "Q8_0", "context_length": 256,
         "system_prompt": "You answer briefly."}}
     minimal["mixes"]["general"]["samples"] = 16
+    minimal["eval"] = {"suite": "suite.jsonl", "judges": ["alpha"]}
     rows = "".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in FACTS)
-    path = project.write(minimal, {"chat.jsonl": rows})
+    suite = "".join(json.dumps(q) + "\n" for q in SUITE)
+    path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
     try:
         ran = doit(project.root, "deploy:alpha")
         assert ran == {"ingest:chat", "score:chat", "mix:alpha", "base:tiny", "render:alpha",
@@ -87,15 +105,42 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
 
         assert doit(project.root, "deploy:alpha") == set()  # everything up to date, server up
 
+        # evaluated on its server: every question answered, graded and recorded
+        assert doit(project.root, "eval:alpha") == {"eval:alpha"}
+        results = [json.loads(line) for line in (build / "eval/results.jsonl").read_text().splitlines()]
+        validator = Draft202012Validator(json.loads((REPO / "specs/result.schema.json").read_text()))
+        for result in results:
+            validator.validate(result)
+        assert [r["question_id"] for r in results] == ["france", "dma", "judged", "elsewhere"]
+        assert [r["grader"] for r in results] == ["contains", "keywords", "judge:alpha", "exact"]
+        assert all(r["specialist"] == "alpha" and r["quant"] == "Q8_0" for r in results)
+        assert results[0]["model_file"] == "specialists/alpha/post/alpha-Q8_0.gguf"
+        assert [j["judge"] for j in results[2]["judgements"]] == ["alpha"]
+        assert all(r["latency_s"] > 0 and r["completion_tokens"] for r in results)
+        summary = json.loads((build / "eval/summary.json").read_text())
+        assert summary["questions"] == 4 and set(summary["by_category"]) == {"general", "snes"}
+        assert summary["mean_score"] == pytest.approx(sum(r["score"] for r in results) / 4, abs=1e-4)
+        assert summary["meets_thresholds"] and summary["tokens_per_second"] > 0
+        assert doit(project.root, "eval:alpha") == set()  # nothing changed: not asked again
+
+        # a pass mark the tiny model cannot reach fails the task, and says why
+        minimal["eval"]["thresholds"] = {"min_score": 1.0}
+        path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
+        out = doit(project.root, "eval:alpha", ok=False)
+        assert "Alpha v1 does not meet the pass marks: mean score" in out
+        assert "is below eval.thresholds.min_score 1" in out
+        minimal["eval"].pop("thresholds")
+        path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
+
         minimal["specialists"]["alpha"]["lora"] = {"r": 8}
-        path = project.write(minimal, {"chat.jsonl": rows})
+        path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
         runs = {t.name for t in plan.task_plans(load(path)) if t.runs}
         assert runs == {"render:alpha", "train:alpha", "merge:alpha", "gguf:alpha",
-                        "quantize:alpha", "deploy:alpha"}
+                        "quantize:alpha", "deploy:alpha", "eval:alpha"}
 
         assert afs(["stop", "-m", str(path)]) == 0
         minimal["specialists"]["alpha"].pop("lora")
-        path = project.write(minimal, {"chat.jsonl": rows})
+        path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
         assert doit(project.root, "deploy:alpha") == {"deploy:alpha"}  # a stopped server restarts
     finally:
         afs(["stop", "-m", str(path)])

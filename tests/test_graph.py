@@ -111,7 +111,8 @@ def test_doit_list_shows_every_task_with_its_doc(project, minimal):
         "ingest", "ingest:chat", "score", "score:chat", "mix", "mix:alpha", "mix:beta",
         "base", "base:tiny", "render", "render:alpha", "render:beta", "train", "train:alpha",
         "train:beta", "merge", "merge:alpha", "merge:beta", "gguf", "gguf:alpha", "gguf:beta",
-        "quantize", "quantize:alpha", "quantize:beta", "deploy", "deploy:alpha", "deploy:beta"]
+        "quantize", "quantize:alpha", "quantize:beta", "deploy", "deploy:alpha", "deploy:beta",
+            "eval"]  # no eval.suite: an empty group
     assert "ingest:chat Convert custom source 'chat' into canonical samples." in {
         " ".join(line.split()) for line in lines}
 

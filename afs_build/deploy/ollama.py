@@ -90,21 +90,16 @@ class ChatInfo:
 
 def chat_info(gguf: Path) -> ChatInfo:
     """Read the chat template and end tokens from a GGUF's metadata (no tensors are read)."""
-    from gguf import GGUFReader
+    from ..post.gguf_info import read
 
-    reader = GGUFReader(str(gguf))
-
-    def value(key: str):
-        field = reader.fields.get(key)
-        return None if field is None else field.contents()
-
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    fields = read(gguf, arrays=["tokenizer.ggml.tokens"]).fields
+    tokens = fields.get("tokenizer.ggml.tokens") or []
     ends = []
     for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
-        index = value(key)
-        if tokens is not None and isinstance(index, int) and 0 <= index < len(tokens.data):
-            ends.append(tokens.contents(index))
-    return ChatInfo(value("tokenizer.chat_template"), tuple(dict.fromkeys(ends)))
+        index = fields.get(key)
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(tokens):
+            ends.append(tokens[index])
+    return ChatInfo(fields.get("tokenizer.chat_template"), tuple(dict.fromkeys(ends)))
 
 
 def stops(family: ChatFamily, end_tokens: Sequence[str]) -> tuple[str, ...]:

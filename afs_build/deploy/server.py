@@ -256,10 +256,14 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
 # --- status and stop ------------------------------------------------------------------------
 
 
+def served_kind(spec: Specialist) -> str:
+    """The type a specialist serves: ``serve_quant``, else the last of ``quantize``, else F16."""
+    return spec.serve_quant or (spec.quantize[-1] if spec.quantize else "F16")
+
+
 def served_gguf(layout: Layout, spec: Specialist) -> Path:
-    """The GGUF a specialist serves: ``serve_quant``, else the last of ``quantize``, else F16."""
-    kind = spec.serve_quant or (spec.quantize[-1] if spec.quantize else "F16")
-    return layout.post(spec.name).gguf(kind)
+    """The GGUF file a specialist serves (see :func:`served_kind`)."""
+    return layout.post(spec.name).gguf(served_kind(spec))
 
 
 def status(layout: Layout, manifest: Manifest) -> list[dict]:

@@ -4,7 +4,7 @@
 even when a tensor's rows do not fit the requested type's blocks (k-quants, i-quants and
 ternary types pack 256 values per block): it then stores that tensor in another type (Q4_K ->
 Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, ...) and says so only in its log. So every written file is
-read back with ``gguf.GGUFReader`` and its tensor types are checked (the robust way: it needs
+read back (its tensor directory, :mod:`afs_build.post.gguf_info`) and its tensor types are checked (the robust way: it needs
 no log and works on any file); llama.cpp's own count is captured from its log as a cross-check.
 
 ``measure`` loads one GGUF file and times loading and greedy generation, and computes the
@@ -91,10 +91,9 @@ def inspect_gguf(gguf: Path, requested: str) -> dict:
     also counts an output or tied embedding tensor that llama.cpp put in Q8_0 instead of Q6_K
     for that reason, which llama.cpp itself does not always count.
     """
-    from gguf import GGUFReader
+    from .gguf_info import read
 
-    reader = GGUFReader(gguf)
-    tensors = [(t.name, t.tensor_type.name, [int(n) for n in t.shape]) for t in reader.tensors]
+    tensors = [(t.name, t.type, list(t.shape)) for t in read(gguf).tensors]
     fallback = {}
     if requested not in FLOAT_TYPES:
         fallback = {name: kind for name, kind, shape in tensors

@@ -149,11 +149,11 @@ def materialize_embedded(name: str, dest: Path, *, task: str | None = None) -> P
 
 
 def _gguf_meta(path: Path) -> dict:
-    from gguf import GGUFReader
+    from ..post.gguf_info import read
 
-    reader = GGUFReader(path)
+    fields = read(path).fields
     keys = ("tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token")
-    return {key: (reader.get_field(key).contents() if reader.get_field(key) else None) for key in keys}
+    return {key: fields.get(key) for key in keys}
 
 
 def _tokenizer(gguf_path: Path, meta: dict, model: EmbeddedModel):

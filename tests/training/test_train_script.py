@@ -379,6 +379,28 @@ def test_quantized_base_needs_cuda(world, monkeypatch):
                               "is on cpu; use base_precision: auto to train here")
 
 
+@pytest.mark.parametrize("flags, want", [
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", "bfloat16"),  # x86 with AVX512-BF16
+    ("fpu avx2 amx_bf16 amx_tile", "bfloat16"),                # x86 with AMX
+    ("fp asimd bf16 i8mm", "bfloat16"),                        # Arm (Features line)
+    ("fpu avx2 avx512f avx512bw", None),                       # AVX-512 without BF16: emulated
+])
+def test_cpu_autocast_follows_the_cpu_flags(world, monkeypatch, tmp_path, flags, want):
+    import torch
+
+    mod = world["module"]
+    key = "Features" if "asimd" in flags else "flags"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t\t: {flags}\n")
+    real_path = mod.Path
+    monkeypatch.setattr(mod, "Path", lambda p, *a: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p, *a))
+    weights, amp, quantization = mod.precision(torch.device("cpu"))
+    assert (weights, quantization) == (torch.float32, None)
+    assert (None if amp is None else str(amp).replace("torch.", "")) == want
+    monkeypatch.setattr(mod, "BASE_PRECISION", "float32")  # plain float32 on any CPU
+    assert mod.precision(torch.device("cpu")) == (torch.float32, None, None)
+
+
 # --- real runs ----------------------------------------------------------------------------------
 
 

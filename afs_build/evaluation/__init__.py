@@ -1,0 +1,1 @@
+"""Evaluation: the benchmark suite asked of served specialists, graded by rules or by judge models."""
