@@ -126,7 +126,8 @@ def read_pid_file(path: Path) -> Optional[dict]:
 # --- network --------------------------------------------------------------------------------
 
 
-def _connect_host(host: str) -> str:
+def connect_host(host: str) -> str:
+    """The address a client dials for a server bound to `host` (a wildcard means loopback)."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
@@ -149,7 +150,7 @@ def port_free(host: str, port: int) -> bool:
 
 def healthy(host: str, port: int, alias: str, timeout: float = 2.0) -> bool:
     """Whether ``/v1/models`` on `host`:`port` answers and lists `alias`."""
-    target = _connect_host(host)
+    target = connect_host(host)
     if ":" in target:
         target = f"[{target}]"
     try:

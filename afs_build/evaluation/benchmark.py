@@ -31,7 +31,9 @@ class Endpoint:
 
     @property
     def url(self) -> str:
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        from ..deploy.server import connect_host
+
+        host = connect_host(self.host)
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/v1/chat/completions"
 
@@ -92,7 +94,8 @@ def run(endpoint: Endpoint, questions: Sequence[dict], *, system_prompt: str, ru
         judges: Sequence[Endpoint] = (), model_file: Optional[str] = None, quant: Optional[str] = None,
         advance: Callable[[], None] = lambda: None) -> list[dict]:
     """Every question asked and graded: one result (specs/result.schema.json) per question."""
-    others = [j for j in judges if j.name != endpoint.name]  # nobody grades their own answers
+    # nobody grades their own answers, unless it is the only judge there is
+    others = [j for j in judges if j.name != endpoint.name]
     results = []
     for question in questions:
         answer = ask(endpoint, question, system_prompt)

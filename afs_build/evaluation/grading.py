@@ -41,7 +41,8 @@ def rule_score(question: dict, reply: str) -> float:
 
 
 def passed(question: dict, score: float) -> Optional[bool]:
-    """Whether a rule-graded reply is right: every keyword there, or the answer matched."""
+    """Whether a reply is right: by rule, every keyword there or the answer matched (score 1);
+    by judges, a mean score of at least half."""
     return score >= 1.0 if question["grading"] != "judge" else score >= 0.5
 
 

@@ -63,7 +63,6 @@ def load(path: Path, display: Optional[str] = None, specialists: Sequence[str] =
         if question["grading"] == "keywords" and not question["keywords"]:
             problems.append(positions.problem(("keywords",), "grading 'keywords' needs keywords; "
                                               "list the words a correct answer contains"))
-        question["line"] = number
         questions.append(question)
     if problems:
         raise AfsError(problems=problems)

@@ -35,7 +35,7 @@ def test_defaults_filled_and_selection(tmp_path):
     path = write(tmp_path, [q("a"), q("b", specialists=["majora"]), q("c", specialists=["nayru"])])
     questions = suite.load(path, specialists=NAMES)
     assert questions[0]["grading"] == "keywords" and questions[0]["max_tokens"] == 256
-    assert questions[0]["system"] is None and questions[0]["line"] == 1
+    assert questions[0]["system"] is None
     assert [x["id"] for x in suite.for_specialist(questions, "majora")] == ["a", "b"]
     assert [x["id"] for x in suite.for_specialist(questions, "nayru", limit=1)] == ["a"]
 
