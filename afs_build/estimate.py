@@ -4,9 +4,9 @@ Throughput is tokens per second for LoRA on a 1B-parameter model, scaled by mode
 figures are derived, not measured: dense bf16 (fp32 where the card has no tensor cores) peak
 FLOP/s x 35% utilisation / (6 x parameters) FLOPs per token. The CPU figures were measured on
 the 2-core machine CI runs on (SmolLM2-135M): about 150 tokens/s in float32 (20 for 1B) and
-about 250 under bfloat16 autocast (34 for 1B), which the training script uses where the CPU
-has bfloat16 arithmetic. A hardware entry's ``tokens_per_second`` replaces the
-table.
+about 210 under bfloat16 autocast (29 for 1B: 176-243 in the default build), which the
+training script uses where the CPU has bfloat16 arithmetic. A hardware entry's
+``tokens_per_second`` replaces the table.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ GIB = 2**30
 
 # LoRA training tokens/s for a 1B-parameter model, by SkyPilot accelerator name (upper case).
 THROUGHPUT_1B = {
-    "CPU": 20.0, "CPU-BF16": 34.0,
+    "CPU": 20.0, "CPU-BF16": 29.0,
     "H200": 60_000.0, "H100": 57_000.0, "A100-80GB": 18_000.0, "A100": 18_000.0,
     "L40S": 21_000.0, "L4": 7_000.0, "A10G": 7_300.0, "A10": 7_300.0, "V100": 7_300.0, "T4": 3_200.0,
     "RTX4090": 9_600.0, "RTX4080": 5_600.0, "RTX3090": 4_100.0, "RTX3080": 3_500.0,

@@ -26,7 +26,7 @@ def test_cpu_has_bfloat16_without_cpuinfo(tmp_path):
 
 def test_cpu_throughput_picks_the_bfloat16_figure_only_for_auto(monkeypatch):
     monkeypatch.setattr(estimate, "cpu_has_bfloat16", lambda: True)
-    assert estimate.throughput("cpu", 1, 0.135) == pytest.approx(34.0 / 0.135)
+    assert estimate.throughput("cpu", 1, 0.135) == pytest.approx(29.0 / 0.135)
     assert estimate.throughput("cpu", 1, 0.135, base_precision="float32") == pytest.approx(20.0 / 0.135)
     assert estimate.throughput("cpu", 1, 0.135, override_1b=30.0) == pytest.approx(30.0 / 0.135)
     assert estimate.throughput("RTX4090", 1, 1.0) == 9_600.0
