@@ -7,16 +7,14 @@ manifest that yield doit task dicts named ``<stage>:<name>``. They do no I/O bey
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
-from .manifest import Manifest, plain
+from .manifest import Manifest
 from .paths import Layout
-from .stages import base, deploy, evaluate, ingest, mix, post, render, score, train
+from .stages import base, deploy, evaluate, gguf, ingest, merge, mix, quantize, render, score, train
 
 
 @dataclass(frozen=True)
@@ -35,119 +33,9 @@ def _stage(module) -> Stage:
 # The pipeline in order.
 STAGES = (
     _stage(ingest), _stage(score), _stage(mix), _stage(base), _stage(render), _stage(train),
-    Stage("merge", "Merge each trained adapter into its base (merge:<specialist>).", post.merge_tasks),
-    Stage("gguf", "Convert each specialist to an F16 GGUF with parity checks (gguf:<specialist>).",
-          post.gguf_tasks),
-    Stage("quantize", "Quantize each GGUF and measure what each type costs (quantize:<specialist>).",
-          post.quantize_tasks),
+    _stage(merge), _stage(gguf), _stage(quantize),
     _stage(deploy), _stage(evaluate),
 )
-
-
-class SliceChanged:
-    """doit ``uptodate``: true while the manifest slice a task reads is unchanged.
-
-    Like ``doit.tools.config_changed``, but several may sit on one task, each is labelled (so
-    ``afs plan`` can say which slice changed) and values are made JSON-ready first.
-    """
-
-    def __init__(self, label: str, value):
-        self.label = label
-        self.value = plain(value)
-        self.digest = hashlib.sha256(json.dumps(self.value, sort_keys=True).encode()).hexdigest()
-
-    def configure_task(self, task) -> None:
-        task.value_savers.append(lambda: {f"slice:{self.label}": self.digest})
-
-    def __call__(self, task, values) -> bool:
-        return values.get(f"slice:{self.label}") == self.digest
-
-    def __repr__(self) -> str:
-        return f"SliceChanged({self.label!r})"
-
-    @property
-    def reason(self) -> str:
-        """Why the task runs when this check fails, in `afs plan`'s words."""
-        return f"manifest slice changed: {self.label}"
-
-
-class TreeChanged:
-    """doit ``uptodate``: true while the content of a set of files is unchanged.
-
-    For inputs that are a folder (a codebase) rather than a fixed list of files. Hashes are
-    reused while a file's size and mtime are unchanged, so a no-op check costs only stats;
-    a touched but unchanged file re-hashes to the same digest and rebuilds nothing.
-    """
-
-    def __init__(self, label: str, list_files: Callable[[], Iterable[Path]], root: Path):
-        self.label = label
-        self.list_files = list_files
-        self.root = root
-        self.state: dict = {}
-
-    def configure_task(self, task) -> None:
-        task.value_savers.append(lambda: {f"tree:{self.label}": self.state})
-
-    def __call__(self, task, values) -> bool:
-        previous = values.get(f"tree:{self.label}") or {}
-        known = previous.get("files", {})
-        files: dict[str, list] = {}
-        for path in sorted(self.list_files()):
-            stat = path.stat()
-            rel = path.relative_to(self.root).as_posix()
-            old = known.get(rel)
-            if old and old[0] == stat.st_size and old[1] == stat.st_mtime_ns:
-                files[rel] = old
-            else:
-                files[rel] = [stat.st_size, stat.st_mtime_ns, file_digest(path)]
-        digest = hashlib.sha256(json.dumps([[k, v[2]] for k, v in files.items()]).encode()).hexdigest()
-        self.state = {"digest": digest, "files": files}
-        return previous.get("digest") == digest
-
-    def __repr__(self) -> str:
-        return f"TreeChanged({self.label!r})"
-
-    @property
-    def reason(self) -> str:
-        return f"input content changed: {self.label}"
-
-
-class DigestChanged:
-    """doit ``uptodate``: true while `compute()` returns what it returned at the last success.
-
-    For inputs whose content is summarised by a cheap digest (a model folder's config,
-    tokenizer and weight headers) rather than by hashing every byte.
-    """
-
-    def __init__(self, label: str, compute: Callable[[], str]):
-        self.label = label
-        self.compute = compute
-        self.value: str | None = None
-
-    def configure_task(self, task) -> None:
-        task.value_savers.append(lambda: {f"digest:{self.label}": self.value})
-
-    def __call__(self, task, values) -> bool:
-        self.value = self.compute()
-        return values.get(f"digest:{self.label}") == self.value
-
-    def __repr__(self) -> str:
-        return f"DigestChanged({self.label!r})"
-
-    @property
-    def reason(self) -> str:
-        return f"input content changed: {self.label}"
-
-
-def file_digest(path: Path) -> str:
-    """Content digest of one file (xxh3-128: fast, and only compared with itself)."""
-    import xxhash
-
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def all_tasks(manifest: Manifest) -> Iterator[dict]:

@@ -107,6 +107,19 @@ def event(message: str, *, task: str | None = None, level: int = logging.INFO, *
     logging.getLogger(LOGGER).log(level, message, extra={"task": task, **known, "data": fields or None})
 
 
+def internal_error(task: str, err: BaseException) -> None:
+    """Record an unexpected exception with its traceback in the JSON log only."""
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    logger = logging.getLogger(LOGGER)
+    record = logger.makeRecord(LOGGER, logging.ERROR, __file__, 0, f"internal error: {err!r}", (), None,
+                               extra={"task": task, "data": {"traceback": trace}})
+    for handler in logger.handlers:
+        if not isinstance(handler, _ConsoleHandler):
+            handler.handle(record)
+
+
 @contextlib.contextmanager
 def step(task: str, message: str, **fields: Any) -> Iterator[dict]:
     """Log the start and the end (with its duration) of a step; the yielded dict adds fields."""

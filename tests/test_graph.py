@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from afs_build import graph
+from afs_build.uptodate import SliceChanged
 from afs_build.manifest import load
 from conftest import REPO, at
 
@@ -19,7 +20,7 @@ def slice_digests(manifest) -> dict[str, dict[str, str]]:
     out = {}
     for task in graph.all_tasks(manifest):
         out[task["name"]] = {u.label: u.digest for u in task.get("uptodate", [])
-                             if isinstance(u, graph.SliceChanged)}
+                             if isinstance(u, SliceChanged)}
     return out
 
 

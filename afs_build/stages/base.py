@@ -8,7 +8,8 @@ from .. import log
 from ..atomic import write_json
 from ..manifest import Manifest, plain
 from ..paths import Layout
-from .common import user_errors
+from ..uptodate import DigestChanged, SliceChanged
+from .common import action
 
 NAME = "base"
 BASE_VERSION = 1
@@ -21,7 +22,6 @@ def used_models(manifest: Manifest) -> list[str]:
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-    from ..graph import DigestChanged, SliceChanged
 
     layout = Layout.of(manifest)
     for name in used_models(manifest):
@@ -67,12 +67,11 @@ def reference(manifest: Manifest, name: str) -> str:
     return model.hub
 
 
-@user_errors
+@action(NAME)
 def run(manifest: Manifest, name: str) -> None:
     from ..training import base
 
     layout = Layout.of(manifest)
-    log.setup(layout.log_file)
     model = manifest.models[name]
     files = layout.base(name)
     task = f"{NAME}:{name}"

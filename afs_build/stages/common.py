@@ -9,21 +9,48 @@ from .. import log
 from ..paths import StageFiles
 
 
-def user_errors(action: Callable) -> Callable:
-    """Wrap a task action so that a user mistake fails the task with its message, no traceback."""
+def action(stage: str) -> Callable:
+    """Decorate a task action ``run(manifest, name)``: the preamble every stage shares.
 
-    @functools.wraps(action)
-    def run(*args, **kwargs):
-        from doit.exceptions import TaskFailed
+    It opens the build's JSON log, turns a user mistake (:class:`AfsError`) into a failed task
+    with its message and no traceback, and anything else into "internal error in <task>" with
+    the traceback in the log, never on the console.
+    """
 
-        from ..errors import AfsError
+    def wrap(run: Callable) -> Callable:
+        @functools.wraps(run)
+        def task_action(manifest, name, *args, **kwargs):
+            from doit.exceptions import TaskFailed
 
-        try:
-            return action(*args, **kwargs)
-        except AfsError as err:
-            return TaskFailed(err.render())
+            from ..errors import AfsError
+            from ..paths import Layout
 
-    return run
+            layout = Layout.of(manifest)
+            log.setup(layout.log_file)
+            task = f"{stage}:{name}"
+            try:
+                return run(manifest, name, *args, **kwargs)
+            except AfsError as err:
+                return TaskFailed(err.render())
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # a bug: say so, keep the traceback in the log
+                log.internal_error(task, err)
+                return TaskFailed(f"internal error in {task}: {type(err).__name__}: "
+                                  f"{log.redact(str(err))[:300]}\nThis is a bug in afs; please "
+                                  f"report it with the log: {layout.log_file}")
+
+        return task_action
+
+    return wrap
+
+
+def task(name: str, doc: str, run: Callable, *args, file_dep=(), task_dep=(), targets=(),
+         uptodate=(), clean: bool = True) -> dict:
+    """One doit task dict: `run(*args)` as its action, paths as strings, lists throughout."""
+    return {"name": name, "doc": doc, "actions": [(run, list(args))],
+            "file_dep": [str(p) for p in file_dep], "task_dep": list(task_dep),
+            "targets": [str(p) for p in targets], "uptodate": list(uptodate), "clean": clean}
 
 
 def write_records(records: Iterable, files: StageFiles, task: str,

@@ -8,7 +8,8 @@ from .. import log
 from ..atomic import write_json
 from ..manifest import Manifest
 from ..paths import Layout
-from .common import user_errors
+from ..uptodate import ServerHealthy, SliceChanged
+from .common import action
 
 NAME = "deploy"
 
@@ -21,28 +22,7 @@ def deploy_slice(manifest: Manifest, name: str) -> dict:
     return {"specialist": {k: getattr(spec, k) for k in keep}, "deploy": manifest.deploy}
 
 
-class ServerHealthy:
-    """doit ``uptodate``: false while the specialist's server is not answering, so that
-    running the deploy task again restarts a crashed server."""
-
-    def __init__(self, host: str, port: int, alias: str):
-        self.host, self.port, self.alias = host, port, alias
-
-    def __call__(self, task, values) -> bool:
-        from ..deploy.server import healthy
-
-        return healthy(self.host, self.port, self.alias)
-
-    def __repr__(self) -> str:
-        return f"ServerHealthy({self.alias!r})"
-
-    @property
-    def reason(self) -> str:
-        return f"server {self.alias} on port {self.port} is not answering"
-
-
 def tasks(manifest: Manifest) -> Iterator[dict]:
-    from ..graph import SliceChanged
 
     layout = Layout.of(manifest)
     for spec in manifest.specialists.values():
@@ -61,12 +41,11 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         }
 
 
-@user_errors
+@action(NAME)
 def run(manifest: Manifest, name: str) -> None:
     from ..deploy import lmstudio, ollama, server
 
     layout = Layout.of(manifest)
-    log.setup(layout.log_file)
     spec = manifest.specialists[name]
     files = layout.deploy(name)
     gguf = server.served_gguf(layout, spec)

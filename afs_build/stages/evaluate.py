@@ -8,7 +8,8 @@ from .. import log
 from ..atomic import write_json
 from ..manifest import Manifest
 from ..paths import Layout
-from .common import user_errors
+from ..uptodate import SliceChanged
+from .common import action
 
 NAME = "eval"
 
@@ -23,7 +24,6 @@ def eval_slice(manifest: Manifest, name: str) -> dict:
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-    from ..graph import SliceChanged
 
     if not manifest.eval.suite:  # no benchmark to ask
         return
@@ -46,7 +46,7 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         }
 
 
-@user_errors
+@action(NAME)
 def run(manifest: Manifest, name: str) -> None:
     from ..data.jsonl import write_jsonl
     from ..deploy.server import served_gguf, served_kind
@@ -54,7 +54,6 @@ def run(manifest: Manifest, name: str) -> None:
     from ..evaluation import benchmark, suite
 
     layout = Layout.of(manifest)
-    log.setup(layout.log_file)
     spec = manifest.specialists[name]
     files = layout.eval(name)
     task = f"{NAME}:{name}"

@@ -10,7 +10,8 @@ from ..atomic import write_json
 from ..errors import StageError
 from ..manifest import Manifest, Source, plain
 from ..paths import Layout
-from .common import user_errors, write_records
+from ..uptodate import SliceChanged, TreeChanged
+from .common import action, write_records
 
 NAME = "ingest"
 # Bump when a converter's output changes for the same input: every source re-ingests.
@@ -18,7 +19,6 @@ CONVERTER_VERSION = 1
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-    from ..graph import SliceChanged, TreeChanged
 
     layout = Layout.of(manifest)
     for source in manifest.sources.values():
@@ -103,11 +103,10 @@ def records(manifest: Manifest, source: Source, layout: Layout):
     raise StageError(f"source {source.name!r}: no converter for kind {source.kind!r}")
 
 
-@user_errors
+@action(NAME)
 def run(manifest: Manifest, name: str) -> None:
     """Stream the source's records into samples.jsonl and rejects.jsonl, then the sidecar."""
     layout = Layout.of(manifest)
-    log.setup(layout.log_file)
     source = manifest.sources[name]
     files = layout.ingest(name)
     task = f"{NAME}:{name}"

@@ -11,7 +11,8 @@ from .. import log
 from ..atomic import write_json
 from ..manifest import Manifest
 from ..paths import Layout
-from .common import user_errors
+from ..uptodate import SliceChanged
+from .common import action
 
 NAME = "mix"
 MIXER_VERSION = 1
@@ -19,7 +20,6 @@ MIXER_VERSION = 1
 
 def slices(manifest: Manifest, specialist: str) -> list:
     """The manifest slices a specialist's mix reads."""
-    from ..graph import SliceChanged
 
     spec = manifest.specialists[specialist]
     return [
@@ -51,7 +51,7 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         }
 
 
-@user_errors
+@action(NAME)
 def run(manifest: Manifest, specialist: str) -> None:
     """Dedup across the mix's sources, decontaminate, draw the mix, write the four outputs."""
     import tempfile
@@ -63,7 +63,6 @@ def run(manifest: Manifest, specialist: str) -> None:
     from ..data.records import Reject
 
     layout = Layout.of(manifest)
-    log.setup(layout.log_file)
     spec = manifest.specialists[specialist]
     recipe = manifest.mixes[spec.mix]
     files = layout.mix(specialist)

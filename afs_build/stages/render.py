@@ -8,7 +8,8 @@ from .. import log
 from ..atomic import atomic_path
 from ..manifest import Manifest
 from ..paths import Layout
-from .common import user_errors
+from ..uptodate import SliceChanged, slice_digest
+from .common import action
 
 NAME = "render"
 TEMPLATES = ("train.py.j2",)
@@ -49,7 +50,6 @@ def _rented(manifest: Manifest, name: str) -> bool:
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-    from ..graph import SliceChanged
 
     layout = Layout.of(manifest)
     for spec in manifest.trained:
@@ -67,20 +67,18 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         }
 
 
-@user_errors
+@action(NAME)
 def run(manifest: Manifest, name: str) -> None:
-    from ..graph import SliceChanged
     from ..training import script
     from .base import reference
 
     layout = Layout.of(manifest)
-    log.setup(layout.log_file)
     spec = manifest.specialists[name]
     files = layout.train(name)
     context = script.context(manifest, name, base=reference(manifest, spec.base))
     # The header names the digest of what this script was rendered from: the training slice,
     # not the whole manifest, so an unrelated edit leaves the script byte-identical.
-    context["manifest_digest"] = SliceChanged("", training_slice(manifest, name)).digest[:16]
+    context["manifest_digest"] = slice_digest(training_slice(manifest, name))[:16]
     with log.step(f"{NAME}:{name}", "rendering the training script", specialist=name):
         with atomic_path(files.script) as tmp:
             tmp.write_text(script.render(context), encoding="utf-8")

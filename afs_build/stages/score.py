@@ -8,14 +8,14 @@ from .. import log
 from ..atomic import write_json
 from ..manifest import Manifest
 from ..paths import Layout
-from .common import read_samples, user_errors, write_records
+from ..uptodate import SliceChanged
+from .common import action, read_samples, write_records
 
 NAME = "score"
 SCORER_VERSION = 1
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-    from ..graph import SliceChanged
 
     layout = Layout.of(manifest)
     for source in manifest.sources:
@@ -32,13 +32,12 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         }
 
 
-@user_errors
+@action(NAME)
 def run(manifest: Manifest, source: str) -> None:
     """Read the ingested samples, write the kept ones with their scores and the rejects."""
     from ..data.quality import score_stream
 
     layout = Layout.of(manifest)
-    log.setup(layout.log_file)
     files, inputs = layout.score(source), layout.ingest(source)
     task = f"{NAME}:{source}"
     with log.step(task, "scoring samples", source=source) as summary:

@@ -10,16 +10,17 @@ from typing import Iterator
 
 from .. import log
 from ..atomic import write_json
+from ..estimate import training_costs
 from ..manifest import Manifest, plain
 from ..paths import Layout
-from .common import user_errors
+from ..uptodate import SliceChanged
+from .common import action
 from .render import hardware_slice
 
 NAME = "train"
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-    from ..graph import SliceChanged
 
     layout = Layout.of(manifest)
     for spec in manifest.trained:
@@ -55,12 +56,11 @@ def one_at_a_time(layout: Layout) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@user_errors
+@action(NAME)
 def run(manifest: Manifest, name: str) -> None:
     from .base import reference
 
     layout = Layout.of(manifest)
-    log.setup(layout.log_file)
     spec = manifest.specialists[name]
     hw = manifest.hardware[spec.hardware]
     files, mix = layout.train(name), layout.mix(name)
@@ -87,8 +87,6 @@ def run(manifest: Manifest, name: str) -> None:
 
 
 def _estimate(manifest: Manifest, name: str) -> dict:
-    from ..plan import training_costs
-
     line = next(c for c in training_costs(manifest) if c.specialist == name)
     return {"hours": round(line.estimate.hours, 4), "cost": round(line.estimate.cost, 4),
             "tokens": line.estimate.tokens}
