@@ -11,15 +11,14 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
 import jsonschema
 
 from .errors import Problem, one_of, suggest
+from .resources import spec_file
 from .yamlload import Positions
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 NAME_PATTERN = "^[a-z][a-z0-9_-]{0,47}$"
 NAME_RULE = "expected a safe name: lowercase letters, digits, '-' or '_', starting with a letter, at most 48 characters"
 TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
@@ -29,7 +28,7 @@ TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "i
 @functools.lru_cache(maxsize=None)
 def load_schema(name: str) -> dict:
     """A schema from ``specs/`` by file name (cached: schemas do not change during a run)."""
-    with open(SPECS / name, encoding="utf-8") as handle:
+    with open(spec_file(name), encoding="utf-8") as handle:
         return json.load(handle)
 
 

@@ -29,9 +29,8 @@ from typing import Any
 
 from ..atomic import atomic_path, write_json
 from ..manifest import Manifest
-from ..schema import SPECS
+from ..resources import templates_dir
 
-TEMPLATES = SPECS.parent / "templates"
 TEMPLATE = "lmstudio.sh.j2"
 PRESETS_FOLDER = "config-presets"
 
@@ -141,7 +140,7 @@ def render_script(ctx: dict[str, Any]) -> str:
     """Lay out ``lmstudio.sh``; every ``{{ value }}`` comes out ``shlex.quote``d."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, autoescape=False,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
                              finalize=lambda value: shlex.quote(str(value)))

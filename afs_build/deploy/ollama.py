@@ -23,9 +23,8 @@ from typing import Any, Optional, Sequence
 from ..atomic import atomic_path
 from ..errors import StageError
 from ..manifest import Manifest
-from ..schema import SPECS
+from ..resources import templates_dir
 
-TEMPLATES = SPECS.parent / "templates"
 TEMPLATE = "Modelfile.j2"
 
 
@@ -179,7 +178,7 @@ def render(ctx: dict[str, Any]) -> str:
     """Lay out the Modelfile from a :func:`context`."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, autoescape=False,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     return env.get_template(TEMPLATE).render(**ctx)

@@ -9,6 +9,7 @@ from ..atomic import atomic_path
 from ..manifest import Manifest
 from ..paths import Layout
 from ..uptodate import SliceChanged, slice_digest
+from ..resources import templates_dir
 from .common import action
 
 NAME = "render"
@@ -38,9 +39,7 @@ def hardware_slice(hw) -> dict:
 
 
 def template_files(manifest: Manifest, name: str) -> list[str]:
-    from ..schema import SPECS
-
-    folder = SPECS.parent / "templates"
+    folder = templates_dir()
     names = TEMPLATES + (SKY_TEMPLATES if _rented(manifest, name) else ())
     return [str(folder / t) for t in names]
 

@@ -15,9 +15,8 @@ from typing import Any
 
 from ..manifest import Manifest
 from ..paths import Layout
-from ..schema import SPECS
+from ..resources import templates_dir
 
-TEMPLATES = SPECS.parent / "templates"
 TEMPLATE = "train.py.j2"
 LR_SCHEDULE = "cosine"  # not a manifest knob (yet): the script also takes "linear"
 WEIGHT_DECAY = 0.0
@@ -89,7 +88,7 @@ def render(context: dict[str, Any]) -> str:
     """The training script's source text."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, autoescape=False,
                              keep_trailing_newline=True)
     env.filters["py"] = py

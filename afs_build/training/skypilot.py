@@ -36,8 +36,8 @@ import yaml
 
 from ..errors import StageError, suggest
 from ..manifest import Manifest
+from ..resources import templates_dir
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 TEMPLATE = "sky.yaml.j2"
 
 # Pinned for the remote venv: this machine's versions (bitsandbytes: the newest release),
@@ -156,7 +156,7 @@ def _mount_source(path: Path) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)
     env.filters["sh"] = _sh
