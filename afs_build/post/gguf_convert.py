@@ -32,15 +32,8 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import StageError, one_of
+from .architectures import FAMILIES
 
-# HF architecture -> (GGUF architecture, whether q/k rows are permuted for llama.cpp's rope).
-# Llama checkpoints store q/k in the "half-rotated" order HF's rotary code expects; llama.cpp's
-# LLAMA rope wants interleaved pairs (the reference's `LlamaModel.permute`). Qwen2 uses NEOX
-# rope in llama.cpp, which matches HF's layout as it is.
-FAMILIES = {
-    "LlamaForCausalLM": ("llama", True),
-    "Qwen2ForCausalLM": ("qwen2", False),
-}
 OUTTYPES = ("F16", "BF16", "F32")
 
 # The reference converter's check text (`get_vocab_base_pre` in llama.cpp's
