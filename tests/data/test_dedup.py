@@ -37,7 +37,7 @@ def test_normalize_text():
 
 def test_exact_duplicates_across_sources_keep_the_best_scored():
     low = sample(QUESTION, source="a", score=0.5)
-    best = sample(QUESTION.upper().replace(" ", "  "), source="b", score=0.9, answer="other")
+    best = sample(QUESTION.upper().replace(" ", "  "), source="b", score=0.9, answer="OK")
     mid = sample("\uff37" + QUESTION[1:], source="c", score=0.7, system="Be brief.")
     other = sample("How many legs does a spider have?", source="a")
     kept, rejects, stats = dedup([low, best, mid, other])
@@ -47,6 +47,23 @@ def test_exact_duplicates_across_sources_keep_the_best_scored():
     assert rejects[0].detail == {"id": low["id"], "duplicate_of": best["id"]}
     assert rejects[0].excerpt == QUESTION and rejects[0].file == "a.jsonl"
     assert stats["exact_duplicates"] == 2 and stats["kept"] == 2
+
+
+def test_a_duplicate_needs_the_same_answer_too():
+    # one character apart, different facts: both stay (instruction-only dedup dropped them)
+    first = sample("I see code accessing $2100 on the SNES. Which register is that, and what does it do?",
+                   answer="INIDISP (screen display): bit 7 forces blank, bits 0-3 set the brightness.")
+    second = sample("I see code accessing $2101 on the SNES. Which register is that, and what does it do?",
+                    answer="OBSEL (object size and tile base): bits 5-7 pick the sprite sizes.")
+    same_question = sample(first["messages"][0]["content"], answer="Something else entirely, at length.")
+    kept, rejects, stats = dedup([first, second, same_question])
+    assert len(kept) == 3 and not rejects
+    assert stats["exact_duplicates"] == 0 and stats["near_duplicates"] == 0
+    # the same pair with a reworded answer is a near duplicate
+    reworded = sample(first["messages"][0]["content"] + " ",
+                      answer="INIDISP (screen display): bit 7 forces blank; bits 0-3 set the brightness.")
+    kept, rejects, stats = dedup([first, reworded])
+    assert len(kept) == 1 and stats["exact_duplicates"] + stats["near_duplicates"] == 1
 
 
 def test_ties_go_to_the_smallest_id_and_missing_scores_count_as_zero():
