@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
     p.add_argument("names", nargs="*", metavar="NAME", help="specialists to stop (default: all)")
     p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("compare", help="each trained specialist against its base, per category")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="specialists to show (default: all trained)")
+    p.add_argument("--json", action="store_true", help="print the comparisons as JSON")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -227,3 +233,46 @@ def cmd_stop(args: argparse.Namespace) -> int:
     stopped = server.stop(Layout.of(manifest), manifest, args.names or None)
     print(f"stopped: {', '.join(stopped)}" if stopped else "no afs server was running")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The comparison tables the last ``compare`` tasks wrote (nothing is asked here)."""
+    from .errors import AfsError as _Error
+    from .manifest import load
+    from .stages.report import family, lines
+
+    manifest = load(args.manifest, _shown_path(args.manifest))
+    reports = family(manifest)
+    unknown = [n for n in args.names if n not in reports]
+    if unknown:
+        raise _Error(f"not a trained specialist of {args.manifest}: {', '.join(unknown)}; expected "
+                     f"one of: {', '.join(reports)}")
+    if args.names:
+        reports = {n: reports[n] for n in args.names}
+    if args.json:
+        print(json.dumps(reports, indent=2, sort_keys=True))
+        return 0
+    for text, (name, report) in zip(lines(manifest, reports), reports.items()):
+        print(text)
+        if report is None:
+            continue
+        print(f"  {'category':<16} {'n':>3} {'spec':>5} {'base':>5} {'diff':>6}  {'95% interval':<16} W/T/L   sign p")
+        rows = [("own", report["own"]), ("general", report["general"])] + sorted(report["by_category"].items())
+        for label, row in rows:
+            if not row["questions"]:
+                continue
+            print(f"  {label:<16} {row['questions']:>3} {row['mean_a']:>5.2f} {row['mean_b']:>5.2f} "
+                  f"{row['difference']:>+6.2f}  [{row['low']:+.2f}, {row['high']:+.2f}]   "
+                  f"{row['wins']}/{row['ties']}/{row['losses']:<5} {row['sign_p']:.3f}")
+        for kind, q in (report.get("quantization") or {}).items():
+            agree = q["agreement_with_f16"]
+            print(f"  {kind:<8} {q['bytes'] / 2**20:7.1f} MiB  score {q['mean_score']:.2f}  same replies as "
+                  f"F16 {'-' if agree is None else f'{agree:.0%}'}  {q['tokens_per_second'] or 0:.0f} tokens/s")
+        print(f"  questions seen in training: {report['seen_in_training']}; version {report['version']}")
+        regression = report.get("regression")
+        if regression:
+            word = "REGRESSION" if regression["regressed"] else "no regression"
+            print(f"  against version {regression['previous']}: {regression['difference']:+.2f} "
+                  f"[{regression['low']:+.2f}, {regression['high']:+.2f}]: {word}")
+    return 0
+

@@ -178,6 +178,7 @@ class Specialist:
     mix: Optional[str]
     hardware: Optional[str]
     system_prompt: str
+    categories: Optional[tuple[str, ...]]
     lora: Lora
     epochs: float
     learning_rate: float
@@ -236,6 +237,10 @@ class Eval:
     judges: tuple[str, ...]
     max_questions: Optional[int]
     thresholds: Thresholds
+    require_beats_base: bool
+    general_category: Optional[str]
+    quant_questions: Optional[int]
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,9 @@ def _convert(hint: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
         return _build(hint, value)
     if typing.get_origin(hint) is tuple:
+        return tuple(value)
+    if typing.get_origin(hint) is typing.Union and value is not None and any(
+            typing.get_origin(a) is tuple for a in typing.get_args(hint)):
         return tuple(value)
     if hint is FrozenMap:
         return FrozenMap(value)

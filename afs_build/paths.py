@@ -15,6 +15,11 @@ Everything goes under the project's build folder (``project.build_dir``)::
                                     <name>-Q8_0.gguf ..., quantize.json
                                     deploy/: Modelfile, lmstudio.sh, preset.json, server.pid,
                                     server.log, deploy.json
+                                    eval/: results.jsonl, summary.json
+                                    compare/: base.jsonl, quants.jsonl, compare.json,
+                                    history.jsonl
+      models/<model>/gguf/          the base's own GGUF files, when no specialist serves it
+      reports/family.json           every specialist against its base
 
 Names are validated as safe slugs before they get here, so joining them is safe.
 """
@@ -195,6 +200,55 @@ class EvalFiles:
 
 
 @dataclass(frozen=True)
+class CompareFiles:
+    """What ``compare`` writes for one specialist: the base's answers, the comparison, history."""
+
+    folder: Path
+
+    @property
+    def base_results(self) -> Path:
+        """The base's replies to the specialist's questions, with its system prompt."""
+        return self.folder / "base.jsonl"
+
+    @property
+    def quant_results(self) -> Path:
+        """Each quantized file's (and the F16's) replies to the first questions."""
+        return self.folder / "quants.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "compare.json"
+
+    @property
+    def history(self) -> Path:
+        """One line per specialist version: its scores, kept across rebuilds."""
+        return self.folder / "history.jsonl"
+
+
+@dataclass(frozen=True)
+class BaselineFiles:
+    """A base model's own GGUF files, served for comparison when no specialist serves it."""
+
+    folder: Path
+    name: str
+
+    def gguf(self, kind: str) -> Path:
+        return self.folder / f"{self.name}-{kind}.gguf"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "baseline.json"
+
+    @property
+    def pid(self) -> Path:
+        return self.folder / "server.pid"
+
+    @property
+    def server_log(self) -> Path:
+        return self.folder / "server.log"
+
+
+@dataclass(frozen=True)
 class Layout:
     """The build folder's layout for one manifest."""
 
@@ -238,6 +292,17 @@ class Layout:
 
     def eval(self, specialist: str) -> EvalFiles:
         return EvalFiles(self.specialist(specialist) / "eval")
+
+    def compare(self, specialist: str) -> CompareFiles:
+        return CompareFiles(self.specialist(specialist) / "compare")
+
+    def baseline(self, model: str) -> BaselineFiles:
+        return BaselineFiles(self.build / "models" / model / "gguf", model)
+
+    @property
+    def family_report(self) -> Path:
+        """The family's comparison table, written by ``report:family``."""
+        return self.build / "reports" / "family.json"
 
     def cache(self, kind: str) -> Path:
         """Shared caches (teacher answers, converted base models), keyed by content inside."""

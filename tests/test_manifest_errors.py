@@ -41,7 +41,7 @@ def test_unknown_key_suggests_the_right_one(project):
         """)
     assert problems(path) == [
         f"{path}:9:5: specialists.alpha.learnig_rate: unknown key 'learnig_rate'; expected one of: "
-        "'base', 'base_precision', 'batch_size', 'checkpoint_every', 'context_length', "
+        "'base', 'base_precision', 'batch_size', 'categories', 'checkpoint_every', 'context_length', "
         "'description', 'epochs', 'grad_accum', 'gradient_checkpointing', 'hardware', "
         "'learning_rate', 'lora', 'max_seq_len', 'mix', 'packing', 'port', 'quantize', 'role', "
         "'sampling', 'serve_quant', 'system_prompt', 'train', 'version', 'warmup_ratio' "

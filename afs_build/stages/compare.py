@@ -1,0 +1,199 @@
+"""Compare each trained specialist with its base on the same questions (compare:<specialist>).
+
+The base is asked every question the specialist was asked in ``eval``, with the specialist's
+system prompt, the same sampling and the same grading, on the server of a served-only
+specialist of the same base (the default family's Agahnim). Each quantized file of the
+specialist (and its F16) answers the first ``eval.quant_questions`` of them, so what a
+quantization type costs is measured in answers. Results are kept per specialist version; a
+version that scores lower than the one before beyond the interval is flagged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Iterator, Optional
+
+from .. import log
+from ..atomic import write_json
+from ..errors import StageError
+from ..manifest import Manifest, Specialist
+from ..paths import Layout
+from ..uptodate import SliceChanged, code_files
+from .common import action, task
+
+NAME = "compare"
+
+
+def base_server(manifest: Manifest, spec: Specialist) -> Optional[Specialist]:
+    """The served-only specialist that serves `spec`'s base as it is, preferring the same
+    quantization type; None when there is none."""
+    same = [s for s in manifest.specialists.values() if not s.train and s.base == spec.base]
+    same.sort(key=lambda s: s.serve_quant != spec.serve_quant)
+    return same[0] if same else None
+
+
+def compare_slice(manifest: Manifest, name: str) -> dict:
+    """What the comparison reads from the manifest: the eval section, and the specialist's
+    system prompt and categories (the base is asked with them)."""
+    spec = manifest.specialists[name]
+    return {"eval": manifest.eval, "system_prompt": spec.system_prompt, "categories": spec.categories,
+            "quantize": spec.quantize}
+
+
+def tasks(manifest: Manifest) -> Iterator[dict]:
+    if not manifest.eval.suite:
+        return
+    layout = Layout.of(manifest)
+    suite = manifest.resolve(manifest.eval.suite)
+    for spec in manifest.trained:
+        server = base_server(manifest, spec)
+        files = layout.compare(spec.name)
+        deps = [layout.eval(spec.name).results, suite, layout.mix(spec.name).train,
+                layout.post(spec.name).quantize_report]
+        task_dep = [f"eval:{spec.name}"]
+        if server is not None:
+            deps.append(layout.post(server.name).quantize_report)
+            task_dep.append(f"deploy:{server.name}")
+        yield task(f"{NAME}:{spec.name}", f"Compare {spec.title} with its base {spec.base!r} on the same questions.",
+                   run, manifest, spec.name,
+                   file_dep=deps + code_files("stages/compare.py", "evaluation/compare.py",
+                                              "evaluation/stats.py"),
+                   task_dep=task_dep, targets=[files.report, files.base_results, files.quant_results],
+                   uptodate=[SliceChanged(f"eval comparison ({spec.name})", compare_slice(manifest, spec.name))])
+
+
+@action(NAME)
+def run(manifest: Manifest, name: str) -> None:
+    from ..data.jsonl import read_jsonl, write_jsonl
+    from ..deploy.server import served_kind
+    from ..evaluation import benchmark, compare, suite
+
+    layout = Layout.of(manifest)
+    spec = manifest.specialists[name]
+    files = layout.compare(name)
+    task_name = f"{NAME}:{name}"
+    questions = suite.load(manifest.resolve(manifest.eval.suite), manifest.eval.suite,
+                           specialists=list(manifest.specialists), judges=manifest.eval.judges)
+    by_id = {q["id"]: q for q in questions}
+    mine = list(read_jsonl(layout.eval(name).results))
+    asked = [by_id[r["question_id"]] for r in mine if r["question_id"] in by_id]
+    server = base_server(manifest, spec)
+    if server is None:
+        raise StageError(f"specialist {name!r}: no served model answers as its base {spec.base!r}; add a "
+                         f"specialist with base: {spec.base} and train: false (as the default family's "
+                         f"agahnim) so the comparison can ask it")
+    host = manifest.deploy.host
+    base = benchmark.Endpoint(server.name, host, server.port)
+    judges = [benchmark.Endpoint(j, host, manifest.specialists[j].port) for j in manifest.eval.judges]
+    with log.step(task_name, f"asking the base ({server.name}) {len(asked)} questions", specialist=name), \
+            log.progress(f"{task_name} base", len(asked)) as advance:
+        base_results = benchmark.run(base, asked, system_prompt=spec.system_prompt, run_id=log.run_id(),
+                                     judges=[j for j in judges if j.name != name],
+                                     model_file=None, quant=served_kind(server), advance=advance)
+    own = compare.own_categories(questions, name, spec.categories)
+    report = compare.table(mine, base_results, own=own, general=manifest.eval.general_category,
+                           seed=manifest.eval.seed)
+    report.update(specialist=name, base=spec.base, base_server=server.name,
+                  served=served_kind(spec), base_served=served_kind(server),
+                  seen_in_training=seen_in_training(layout, name, asked))
+    with log.step(task_name, "asking each quantized file", specialist=name):
+        quants, quant_rows = quantization(manifest, name, asked)
+    report["quantization"] = quants
+    version = model_version(layout, name, spec)
+    report["version"] = version
+    report["regression"] = record_version(files.history, version, mine, own, manifest.eval.seed)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(files.base_results, base_results)
+    write_jsonl(files.quant_results, quant_rows)
+    write_json(files.report, report)
+    text = compare.line(spec.title, report)
+    loud = report["verdict"] != compare.VERDICT_BETTER
+    log.event(("WARNING: " if loud else "") + text, task=task_name, specialist=name)
+    if report["regression"] and report["regression"]["regressed"]:
+        log.event(f"WARNING: {spec.title} version {version} scores lower on its own categories than "
+                  f"version {report['regression']['previous']} (beyond the interval)", task=task_name)
+    if loud and manifest.eval.require_beats_base:
+        raise StageError(f"{text} (eval.require_beats_base is true; the replies are in "
+                         f"{layout.eval(name).results} and {files.base_results})")
+
+
+def seen_in_training(layout: Layout, name: str, questions: list[dict]) -> int:
+    """How many of the compared questions a training sample matches (decontamination keeps
+    this at zero)."""
+    from ..data.decontam import Decontaminator
+    from ..data.jsonl import read_jsonl
+
+    checker = Decontaminator([q["question"] for q in questions])
+    seen = set()
+    for sample in read_jsonl(layout.mix(name).train):
+        found = checker.match(sample)
+        if found is not None:
+            seen.add(found[0])
+    return len(seen)
+
+
+def quantization(manifest: Manifest, name: str, questions: list[dict]) -> tuple[dict, list[dict]]:
+    """Each quantized file and the F16 asked the first questions: score, agreement with the
+    F16's replies, size and speed per type."""
+    from ..evaluation import grading
+    from ..evaluation.local import answer_all
+
+    spec = manifest.specialists[name]
+    limit = manifest.eval.quant_questions
+    chosen = [q for q in questions if q["grading"] != "judge"]
+    chosen = chosen if limit is None else chosen[:limit]
+    if not chosen:
+        return {}, []
+    post = Layout.of(manifest).post(name)
+    kinds = ["F16"] + [t for t in spec.quantize if t != "F16"]
+    replies: dict[str, dict[str, str]] = {}
+    out: dict[str, dict] = {}
+    rows = []
+    for kind in kinds:
+        path = post.gguf(kind)
+        answers = answer_all(path, chosen, spec.system_prompt, n_ctx=spec.context_length)
+        replies[kind] = {qid: a["reply"] for qid, a in answers.items()}
+        scores = {qid: grading.rule_score(q, answers[q["id"]]["reply"]) for q in chosen for qid in [q["id"]]}
+        tokens = sum(a["completion_tokens"] or 0 for a in answers.values())
+        seconds = sum(a["latency_s"] for a in answers.values())
+        out[kind] = {"file": path.name, "bytes": path.stat().st_size, "questions": len(chosen),
+                     "mean_score": round(sum(scores.values()) / len(scores), 4),
+                     "tokens_per_second": round(tokens / seconds, 2) if seconds else None}
+        for q in chosen:
+            rows.append({"quant": kind, "question_id": q["id"], "category": q["category"],
+                         "reply": answers[q["id"]]["reply"], "score": round(scores[q["id"]], 4)})
+    from ..evaluation.compare import agreement
+
+    for kind in kinds:
+        out[kind]["agreement_with_f16"] = agreement(replies[kind], replies["F16"])
+    return out, rows
+
+
+def model_version(layout: Layout, name: str, spec: Specialist) -> str:
+    """The specialist version: a digest of its quantize report (which changes with every
+    served file) and the system prompt it answers with."""
+    text = layout.post(name).quantize_report.read_bytes() + spec.system_prompt.encode()
+    return hashlib.sha256(text).hexdigest()[:12]
+
+
+def record_version(history, version: str, results: list[dict], own: list[str], seed: int) -> Optional[dict]:
+    """Append this version's own-category scores to the history (once per version) and compare
+    them with the latest other version's."""
+    from ..data.jsonl import read_jsonl
+    from ..evaluation.compare import regression
+
+    scores = {r["question_id"]: r["score"] for r in results if r["category"] in own}
+    past = list(read_jsonl(history)) if history.exists() else []
+    previous = next((p for p in reversed(past) if p["version"] != version), None)
+    if not past or past[-1]["version"] != version:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"version": version, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 "own_mean": round(sum(scores.values()) / len(scores), 4) if scores else None,
+                 "scores": scores}
+        with open(history, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+    if previous is None:
+        return None
+    return {"previous": previous["version"], **regression(scores, previous["scores"], seed=seed)}
