@@ -369,3 +369,13 @@ def test_max_seq_len_must_hold_the_system_prompt_and_an_answer(project, minimal)
         "system_prompt"]
     minimal["specialists"]["alpha"]["max_seq_len"] = 103
     load(project.write(minimal))  # just enough; beta is not trained, so its length is unused
+
+
+def test_an_integer_setting_written_as_a_float_is_an_error(project, minimal):
+    """JSON Schema counts 6001.0 as an integer; afs does not (it would reach the code a float)."""
+    minimal["specialists"]["alpha"]["port"] = 6001.0
+    minimal["mixes"]["general"]["samples"] = 4.0
+    path = project.write(minimal)
+    assert problems(path) == [
+        f"{at(path, '4.0')}: mixes.general.samples: expected an integer or null, got 4.0",
+        f"{at(path, '6001.0')}: specialists.alpha.port: expected an integer, got 6001.0"]
