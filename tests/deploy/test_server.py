@@ -26,8 +26,8 @@ from afs_build.errors import AfsError, StageError  # noqa: E402
 from afs_build.paths import Layout  # noqa: E402
 from deploy_helpers import free_port, tiny_gguf, write_manifest  # noqa: E402,F401 (a fixture)
 
-openai = pytest.importorskip("openai")
-pytest.importorskip("llama_cpp.server")
+import llama_cpp.server  # noqa: E402, F401  (required: a declared dependency must fail, not skip, when missing)
+import openai  # noqa: E402
 
 N_CTX = 256
 SYSTEM = "You are Majora. Answer briefly."
