@@ -18,6 +18,8 @@ EMBEDDED_PARAMS_B = {name: model.params_b for name, model in EMBEDDED.items()}
 SHARE_TOLERANCE = 1e-6
 # llama.cpp refuses these without an importance matrix (measured: quantize.py's tests).
 NEEDS_IMATRIX = ("Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS")
+# The shortest answer a training sample must have room for after its prompt.
+MIN_ANSWER_TOKENS = 16
 
 
 def cross_problems(data: dict, positions: Positions, root: Path, *, tolerant: bool = False) -> list[Problem]:
@@ -59,10 +61,15 @@ def check_models(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
             yield pos.problem(("models", name, "params_b"), "missing required key 'params_b'; "
                               "expected the parameter count in billions (e.g. 7.6) for a hub or "
                               "path model, used for memory and time estimates")
-        if model["path"] and not (root / Path(model["path"]).expanduser()).is_dir():
+        folder = root / Path(model["path"]).expanduser() if model["path"] else None
+        if folder is not None and not folder.is_dir():
             yield pos.problem(("models", name, "path"), f"folder not found: {model['path']}; "
                               "expected a local Hugging Face model folder (config.json, weights, "
                               "tokenizer), relative to the manifest")
+        elif folder is not None and not (folder / "config.json").is_file():
+            yield pos.problem(("models", name, "path"), f"not a model folder: {model['path']} "
+                              "has no config.json; expected a local Hugging Face model folder "
+                              "(config.json, weights, tokenizer), relative to the manifest")
 
 
 def params_b(model: dict) -> float | None:
@@ -188,5 +195,27 @@ def check_eval(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
         yield from _exists(pos, root, ("eval", "suite"), data["eval"]["suite"], "file")
 
 
+def check_sequence_room(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
+    """A trained specialist's max_seq_len holds its system prompt, the chat markers and an answer.
+
+    Otherwise every sample is cut before its answer starts and training learns nothing; the
+    token count is the fast estimate (data/tokens.py), so the bound is approximate.
+    """
+    from .data.tokens import estimate_tokens
+
+    for name, spec in data["specialists"].items():
+        if not spec["train"]:
+            continue
+        prompt = estimate_tokens(spec["system_prompt"])
+        need = prompt + estimate.TEMPLATE_TOKENS + MIN_ANSWER_TOKENS
+        if spec["max_seq_len"] < need:
+            yield pos.problem(("specialists", name, "max_seq_len"), f"max_seq_len "
+                              f"{spec['max_seq_len']} leaves no room for an answer: the system "
+                              f"prompt (about {prompt} tokens) and the chat template's markers "
+                              f"(about {estimate.TEMPLATE_TOKENS}) take about "
+                              f"{prompt + estimate.TEMPLATE_TOKENS}; expected at least {need} "
+                              f"(an answer of {MIN_ANSWER_TOKENS} tokens), or a shorter system_prompt")
+
+
 CHECKS = (check_models, check_specialists, check_ports, check_mixes, check_sources,
-          check_hardware_fit, check_eval)
+          check_hardware_fit, check_eval, check_sequence_room)

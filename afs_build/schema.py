@@ -32,9 +32,20 @@ def load_schema(name: str) -> dict:
         return json.load(handle)
 
 
+def _is_integer(checker, instance) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# JSON Schema counts 6001.0 as an integer; a port, a count or a seed written as a float is a
+# mistake in a manifest (and would reach the code as a float), so "integer" means int here.
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+
+
 @functools.lru_cache(maxsize=None)
 def validator(name: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(load_schema(name))
+    return Validator(load_schema(name))
 
 
 def resolve(schema: dict, root: dict) -> dict:
@@ -55,7 +66,7 @@ def apply_defaults(value: Any, schema: dict, root: dict) -> Any:
     out = dict(value)
     for sub in schema.get("allOf", ()):
         cond = sub.get("if")
-        if cond is not None and jsonschema.Draft202012Validator(cond).is_valid(out):
+        if cond is not None and Validator(cond).is_valid(out):
             out = apply_defaults(out, sub["then"], root)
     props = schema.get("properties", {})
     for key, prop in props.items():

@@ -6,11 +6,15 @@ then builds the values itself so that it can:
 
 * report duplicate keys, unknown tags and syntax errors with their line and column;
 * refuse alias expansion beyond a node budget (the "billion laughs" bomb) and cyclic aliases;
+* refuse what no manifest value can be (integers beyond 64 bits, whose thousands of digits
+  would hit Python's int-string limit; NaN and infinities; tags other than the plain ones),
+  and read YAML 1.1 dates as the text they show;
 * record the position of every key and value by key path, for error messages later on.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,12 @@ MAX_NODES = 100_000
 
 TOO_DEEP = "lists or mappings are nested too deeply; expected a manifest a few levels deep"
 PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+SCALAR_TAGS = tuple(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null"))
+INT_TAG = "tag:yaml.org,2002:int"
+TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+# No manifest value needs more than a 64-bit integer; a larger one would fail later in torch,
+# numpy or JSON (and one of thousands of digits hits Python's int-string limit right here).
+MAX_INT = 2**63 - 1
 
 KeyPath = tuple  # of str keys and int indexes
 
@@ -100,12 +110,42 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), active | {id(node)})
                     for i, item in enumerate(node.value)]
-        try:
-            return self.scalars.construct_object(node)
-        except yaml.constructor.ConstructorError as err:
-            self.fail(node, f"cannot read this value: {err.problem}; expected a plain "
-                      "string, number, boolean or null", path)
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
+        """A scalar's value; a number afs cannot use is a problem here, not a crash later."""
+        if node.tag == TIMESTAMP_TAG:  # YAML 1.1 dates: a manifest means the text it shows
+            return node.value
+        if node.tag not in SCALAR_TAGS:  # !!binary, !!set, !!map on a scalar, unknown tags
+            self.fail(node, f"cannot read this value: tag {node.tag!r} is not allowed; expected "
+                      "a plain string, number, boolean or null", path)
             return None
+        try:
+            value = self.scalars.construct_object(node)
+        except (ValueError, KeyError, IndexError):
+            # `!!int x`, `!!bool x`, or an integer of thousands of digits (int-string limit)
+            digits = node.value.lstrip("+-").replace("_", "")
+            if node.tag == INT_TAG and digits.isdigit():
+                self._too_large(node, path)
+            else:
+                tag = node.tag.rsplit(":", 1)[-1]
+                what = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(tag, tag)
+                self.fail(node, f"cannot read {_short(node.value)} as {what} (tag !!{tag}); "
+                          "expected a value of that type, or quote it to make it a string", path)
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            self._too_large(node, path)
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(node, f"{_short(node.value)} is not a finite number; expected an "
+                      "ordinary number", path)
+            return None
+        return value
+
+    def _too_large(self, node: yaml.Node, path: KeyPath) -> None:
+        digits = len(node.value.lstrip("+-").replace("_", ""))
+        self.fail(node, f"number too large ({digits:,} digits); expected an integer of at most "
+                  f"{MAX_INT:,}", path)
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath, active: frozenset) -> dict:
         out: dict = {}
@@ -118,7 +158,10 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode):
                 self.fail(key_node, "a key must be a plain string", path)
                 continue
-            key = self.scalars.construct_object(key_node)
+            before = len(self.problems)
+            key = self._scalar(key_node, path)
+            if len(self.problems) > before:
+                continue
             if not isinstance(key, str):
                 key = str(key) if not isinstance(key, bool) else str(key).lower()
             child = path + (key,)
@@ -141,6 +184,11 @@ class _Builder:
         for key, mark in explicit.items():
             self.positions.keys[path + (key,)] = mark
         return out
+
+
+def _short(text: str) -> str:
+    """`text` quoted, cut to a readable length."""
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
 class _TooBig(Exception):

@@ -10,3 +10,29 @@ $PIP --upgrade pip
 # instead of downloading a multi-GB CUDA one.
 $PIP torch==2.13.0
 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP -e ".[test]"
+
+# llama.cpp's reference converter, which tests compare afs's converter with (tests/reference.py):
+# convert_hf_to_gguf.py needs its conversion/ and gguf-py/ folders and ships only in the
+# llama-cpp-python source distribution. Fetched here with pip (tests never download), for the
+# installed version, and only those files unpacked (MIT, with llama.cpp's LICENSE).
+REF="${AFS_LLAMA_CPP_SRC_CACHE:-build/.cache/llama-cpp-python-src}"
+LCPP="$(python3 -c 'from importlib.metadata import version; print(version("llama-cpp-python"))')"
+if [ ! -f "$REF/llama_cpp_python-$LCPP/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
+  mkdir -p "$REF"
+  python3 -m pip download --disable-pip-version-check --no-input -q --no-deps \
+    --no-binary :all: "llama-cpp-python==$LCPP" -d "$REF"
+  python3 - "$REF" "$LCPP" <<'EOF'
+import sys, tarfile
+from pathlib import Path
+
+ref, version = Path(sys.argv[1]), sys.argv[2]
+top = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+keep = tuple(top + name for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py",
+                                     "LICENSE", "conversion/", "gguf-py/"))
+archive = ref / f"llama_cpp_python-{version}.tar.gz"
+with tarfile.open(archive) as tar:
+    tar.extractall(ref, members=[m for m in tar.getmembers() if m.name.startswith(keep)],
+                   filter="data")
+archive.unlink()
+EOF
+fi

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from afs_build.cli import main
 from conftest import REPO, at
@@ -98,3 +99,12 @@ def test_every_shipped_manifest_validates_and_plans(example, capsys):
     assert main(["plan", "-m", str(example), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert plan["tasks"] and plan["training"]
+
+
+def test_validate_reports_a_number_of_thousands_of_digits_without_traceback(project, minimal):
+    path = project.write(yaml.safe_dump(minimal, sort_keys=False).replace("port: 6001", "port: " + "9" * 5000))
+    result = afs("validate", "afs.yaml", cwd=project.root)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"{at(path, '9' * 10, name='afs.yaml')}: specialists.alpha.port: number too large (5,000 "
+        "digits); expected an integer of at most 9,223,372,036,854,775,807"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from afs_build.errors import ManifestError
 from afs_build.manifest import load
@@ -301,3 +302,80 @@ def test_quantization_types_that_need_an_importance_matrix(project, minimal):
     assert problems(path) == [
         f"{at(path, 'IQ2_XS')}: specialists.alpha.quantize[1]: IQ2_XS needs an importance matrix, "
         "which afs does not compute; expected another type (IQ3_S, IQ4_XS, Q2_K or any Q*_K_* type)"]
+
+
+@pytest.mark.parametrize("written, message", [
+    ("1" * 5000, "number too large (5,000 digits); expected an integer of at most "
+                 "9,223,372,036,854,775,807"),
+    ("9223372036854775808", "number too large (19 digits); expected an integer of at most "
+                            "9,223,372,036,854,775,807"),
+    ("0x" + "f" * 5000, "number too large (5,002 digits); expected an integer of at most "
+                        "9,223,372,036,854,775,807"),
+    (".nan", "'.nan' is not a finite number; expected an ordinary number"),
+    ("-.inf", "'-.inf' is not a finite number; expected an ordinary number"),
+    ("!!int x", "cannot read 'x' as an integer (tag !!int); expected a value of that type, or "
+                "quote it to make it a string"),
+    ("!!bool maybe", "cannot read 'maybe' as true or false (tag !!bool); expected a value of "
+                     "that type, or quote it to make it a string"),
+    ("!!binary aGk=", "cannot read this value: tag 'tag:yaml.org,2002:binary' is not allowed; "
+                      "expected a plain string, number, boolean or null"),
+])
+def test_numbers_no_manifest_can_use_are_errors_not_crashes(project, minimal, written, message):
+    """Thousands of digits hit Python's int-string limit inside PyYAML: a problem, not a traceback."""
+    text = yaml.safe_dump(minimal, sort_keys=False).replace("port: 6001", f"port: {written}")
+    path = project.write(text)
+    assert problems(path) == [f"{at(path, written)}: specialists.alpha.port: {message}"]
+
+
+def test_a_key_of_thousands_of_digits_is_an_error_not_a_crash(project):
+    path = project.write("project: {name: demo}\n? " + "1" * 5000 + "\n: x\n")  # an explicit key
+    assert problems(path) == [f"{path}:2:3: number too large (5,000 digits); expected an integer "
+                              "of at most 9,223,372,036,854,775,807"]
+
+
+def test_yaml_dates_are_read_as_the_text_they_show(project, minimal):
+    minimal["specialists"]["alpha"]["description"] = "DATE"
+    path = project.write(yaml.safe_dump(minimal, sort_keys=False).replace("DATE", "2026-12-01"))
+    assert load(path).specialists["alpha"].description == "2026-12-01"
+
+
+def test_a_local_model_path_must_be_a_model_folder(project, minimal):
+    minimal["models"]["local"] = {"path": "weights", "params_b": 0.5}
+    minimal["models"]["system"] = {"path": "/etc", "params_b": 0.5}
+    path = project.write(minimal, {"weights/readme.txt": "no model here"})
+    assert problems(path) == [
+        f"{at(path, 'weights')}: models.local.path: not a model folder: weights has no "
+        "config.json; expected a local Hugging Face model folder (config.json, weights, "
+        "tokenizer), relative to the manifest",
+        f"{at(path, '/etc')}: models.system.path: not a model folder: /etc has no config.json; "
+        "expected a local Hugging Face model folder (config.json, weights, tokenizer), relative "
+        "to the manifest"]
+    (project.root / "weights" / "config.json").write_text("{}")
+    (project.root / "weights" / "readme.txt").unlink()
+    del minimal["models"]["system"]
+    load(project.write(minimal))
+
+
+def test_max_seq_len_must_hold_the_system_prompt_and_an_answer(project, minimal):
+    # "Answer briefly." is about 3.6 tokens (2 words, 1 symbol): 20 of them about 72.
+    prompt = " ".join(["Answer briefly."] * 20)
+    minimal["specialists"]["alpha"].update(system_prompt=prompt, max_seq_len=100)
+    minimal["specialists"]["beta"].update(system_prompt=prompt, max_seq_len=100, train=False)
+    path = project.write(minimal)
+    assert problems(path) == [
+        f"{at(path, '100')}: specialists.alpha.max_seq_len: max_seq_len 100 leaves no room for "
+        "an answer: the system prompt (about 72 tokens) and the chat template's markers (about "
+        "15) take about 87; expected at least 103 (an answer of 16 tokens), or a shorter "
+        "system_prompt"]
+    minimal["specialists"]["alpha"]["max_seq_len"] = 103
+    load(project.write(minimal))  # just enough; beta is not trained, so its length is unused
+
+
+def test_an_integer_setting_written_as_a_float_is_an_error(project, minimal):
+    """JSON Schema counts 6001.0 as an integer; afs does not (it would reach the code a float)."""
+    minimal["specialists"]["alpha"]["port"] = 6001.0
+    minimal["mixes"]["general"]["samples"] = 4.0
+    path = project.write(minimal)
+    assert problems(path) == [
+        f"{at(path, '4.0')}: mixes.general.samples: expected an integer or null, got 4.0",
+        f"{at(path, '6001.0')}: specialists.alpha.port: expected an integer, got 6001.0"]

@@ -73,3 +73,12 @@ def test_every_property_has_a_description_and_a_default(path):
             if name in required:
                 assert "Required" in (prop.get("description") or target.get("description")), \
                     f"{where}/{name}: required, but its description does not say so"
+
+
+def test_the_package_reads_the_repositorys_specs_and_templates():
+    """afs_build/specs and afs_build/templates link to the top-level folders (package data)."""
+    from afs_build import resources
+
+    root = Path(__file__).resolve().parent.parent
+    assert resources.specs_dir().resolve() == root / "specs"
+    assert resources.templates_dir().resolve() == root / "templates"

@@ -38,7 +38,6 @@ TOKEN_PREFIX = "afs-serve-"
 GRACE_SECONDS = 10.0
 PORT_WAIT_SECONDS = 2.0
 LOG_TAIL_LINES = 20
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -219,9 +218,8 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
     command = [sys.executable, "-m", "afs_build.serve", "--model", str(gguf), "--alias", name,
                "--host", host, "--port", str(port), "--n-ctx", str(n_ctx), "--token", token]
     env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
-    env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
-                                                        env.get("PYTHONPATH")])))
+    # The same interpreter imports the same installed afs_build: no PYTHONPATH patching.
+    env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     with open(log_file, "ab") as log:

@@ -220,7 +220,7 @@ def test_shipped_python_debugging_converts_and_validates():
 
 
 def test_output_jsonl_loads_with_datasets(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     samples, _ = convert(SHIPPED)
     out = tmp_path / "out.jsonl"
     out.write_text("".join(json.dumps(s, sort_keys=True) + "\n" for s in samples), encoding="utf-8")

@@ -119,8 +119,8 @@ def test_csv_rows_with_multiline_cells_and_json_cells(tmp_path):
 
 
 def test_parquet_is_read_in_batches(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     path = tmp_path / "data.parquet"
     table = pa.table({"instruction": [f"q{i}" for i in range(5)], "output": [f"a{i}" for i in range(5)]})
     pq.write_table(table, path, row_group_size=2)
@@ -203,7 +203,7 @@ def test_bad_arguments_raise_before_reading(tmp_path):
 
 
 def test_hub_loader_reads_a_local_dataset_folder_like_a_hub_id(tmp_path):
-    pytest.importorskip("datasets")
+    import datasets  # noqa: F401
     folder = tmp_path / "my-dataset"
     folder.mkdir()
     rows = [{"q": f"question {i}", "a": f"answer {i}"} for i in range(3)]
@@ -232,7 +232,7 @@ def test_shipped_files_convert_and_validate():
 
 
 def test_output_jsonl_loads_with_datasets(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     samples, _ = convert(ROOT / "data" / "custom" / "debugging-sharegpt.json", format="sharegpt")
     out = tmp_path / "out.jsonl"
     out.write_text("".join(json.dumps(s, sort_keys=True) + "\n" for s in samples), encoding="utf-8")

@@ -248,7 +248,7 @@ def test_shipped_snes_tools_convert_and_validate():
 
 
 def test_output_jsonl_loads_with_datasets(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     samples, _ = convert(ROOT / "data" / "toolbench" / "snes-tools.json")
     out = tmp_path / "out.jsonl"
     out.write_text("".join(json.dumps(s, sort_keys=True) + "\n" for s in samples), encoding="utf-8")

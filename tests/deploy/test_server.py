@@ -26,8 +26,8 @@ from afs_build.errors import AfsError, StageError  # noqa: E402
 from afs_build.paths import Layout  # noqa: E402
 from deploy_helpers import free_port, tiny_gguf, write_manifest  # noqa: E402,F401 (a fixture)
 
-openai = pytest.importorskip("openai")
-pytest.importorskip("llama_cpp.server")
+import llama_cpp.server  # noqa: E402, F401  (required: a declared dependency must fail, not skip, when missing)
+import openai  # noqa: E402
 
 N_CTX = 256
 SYSTEM = "You are Majora. Answer briefly."
@@ -59,12 +59,21 @@ def start(env, **kw):
 
 
 @pytest.fixture(scope="module")
-def served(env):
+def first_start(env):
     record = start(env)
     manifest = env[0]
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{manifest.specialists['majora'].port}/v1",
                            api_key="none", max_retries=0, timeout=30)
     return record, client
+
+
+@pytest.fixture
+def served(env, first_start):
+    """majora serving the F16 GGUF, whatever an earlier test did (killed, switched, stopped it).
+
+    Tests then pass in any order; a server already in that state is kept, not restarted.
+    """
+    return start(env), first_start[1]
 
 
 def post(port: int, path: str, body: dict) -> tuple[int, dict]:
@@ -83,10 +92,10 @@ def token_id(port: int, text: str) -> int:
     return body["tokens"][0]
 
 
-def test_start_writes_pid_file(env, served):
+def test_start_writes_pid_file(env, first_start, served):
     record, _ = served
     manifest, layout, gguf = env
-    assert record["action"] == "started"
+    assert first_start[0]["action"] == "started"
     on_disk = json.loads(layout.deploy("majora").pid.read_text())
     assert on_disk == {k: v for k, v in record.items() if k != "action"}
     assert on_disk["port"] == manifest.specialists["majora"].port
@@ -229,7 +238,7 @@ def test_a_killed_server_is_restarted(env, served):
     assert server.healthy("127.0.0.1", manifest.specialists["majora"].port, "majora")
 
 
-def test_a_changed_gguf_restarts_the_server(env, tmp_path):
+def test_a_changed_gguf_restarts_the_server(env, served, tmp_path):
     manifest, layout, gguf = env
     old = json.loads(layout.deploy("majora").pid.read_text())
     other = layout.post("majora").gguf("Q8_0")
@@ -239,7 +248,7 @@ def test_a_changed_gguf_restarts_the_server(env, tmp_path):
     assert record["gguf"] == str(other) and not server.owned(old)
 
 
-def test_stop_stops_only_afs_servers(env):
+def test_stop_stops_only_afs_servers(env, served):
     manifest, layout, _ = env
     majora = json.loads(layout.deploy("majora").pid.read_text())
     # A foreign process, and a pid file for beta that claims it (token and all).

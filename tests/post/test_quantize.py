@@ -20,7 +20,7 @@ from afs_build.errors import StageError  # noqa: E402
 from afs_build.post import quantize as q  # noqa: E402
 from tinymodel import tiny_gguf  # noqa: E402
 
-llama_cpp = pytest.importorskip("llama_cpp")
+import llama_cpp  # noqa: E402  (required: a declared dependency must fail, not skip, when missing)
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = [
