@@ -79,6 +79,10 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
     rows = "".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in FACTS)
     suite = "".join(json.dumps(q) + "\n" for q in SUITE)
     path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
+    # what an older afs left: a merged copy of the model, which the merge task now removes
+    legacy = project.root / "build" / "specialists" / "alpha" / "post" / "merged"
+    legacy.mkdir(parents=True)
+    (legacy / "model.safetensors").write_bytes(bytes(1024))
     try:
         ran = doit(project.root, "deploy:alpha")
         assert ran == {"ingest:chat", "score:chat", "mix:alpha", "base:tiny", "render:alpha",
