@@ -11,7 +11,7 @@ Everything goes under the project's build folder (``project.build_dir``)::
       models/<model>/               hf/ (a local copy of the base, for embedded models), base.json
       specialists/<specialist>/     train/: train.py, sky.yaml, checkpoints/, adapter/,
                                     metrics.jsonl, training_summary.json, train.log
-                                    post/: merged/, merge.json, <name>-F16.gguf, gguf.json,
+                                    post/: merge.json, <name>-F16.gguf, gguf.json,
                                     <name>-Q8_0.gguf ..., quantize.json
                                     deploy/: Modelfile, lmstudio.sh, preset.json, server.pid,
                                     server.log, deploy.json
@@ -134,10 +134,12 @@ class PostFiles:
 
     @property
     def merged(self) -> Path:
+        """The merged HF folder afs wrote before it merged while converting; ``merge`` removes it."""
         return self.folder / "merged"
 
     @property
     def merge_report(self) -> Path:
+        """The merge check's report (no weights: the merge happens while the GGUF is written)."""
         return self.folder / "merge.json"
 
     def gguf(self, kind: str) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -155,3 +156,78 @@ def code_files(*modules: str) -> list[str]:
     paths only, so planning reads nothing.
     """
     return [str(PACKAGE / m) for m in modules]
+
+
+# Large outputs: a size and a sampled digest, recorded in the report beside them.
+HEAD_BYTES = 1 << 20  # a GGUF's header, keys and most of its tensor table
+SAMPLES, SAMPLE_BYTES = 32, 64 * 1024
+
+
+def sampled_digest(path: Path) -> str:
+    """A cheap content digest of a large file: its size, its first MiB and 32 spread 64 KiB blocks.
+
+    About 3 MiB is read whatever the size, so a multi-GB GGUF is checked in milliseconds. A
+    truncated or regrown file changes its size; a file rewritten in place is noticed where the
+    change touches the header or a sampled block (a whole different build always does).
+    """
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest.update(f"{size}\0".encode())
+        digest.update(handle.read(HEAD_BYTES))
+        for k in range(SAMPLES):
+            handle.seek(max(0, (size - SAMPLE_BYTES) * k // (SAMPLES - 1)))
+            digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def file_records(paths: Iterable[Path]) -> dict[str, dict]:
+    """``{file name: {"bytes", "digest"}}`` of output files: what a report records of them."""
+    return {Path(p).name: {"bytes": Path(p).stat().st_size, "digest": sampled_digest(Path(p))}
+            for p in paths}
+
+
+class OutputsIntact:
+    """doit ``uptodate``: false when an output file no longer has the size and sampled digest
+    that its report's ``files`` records (a file truncated or overwritten from outside).
+
+    Its ``reason`` says which file and what differs. A missing report or file is left to
+    doit's own missing-target check.
+    """
+
+    def __init__(self, report: Path, files: Iterable[Path]):
+        self.report = Path(report)
+        self.files = [Path(p) for p in files]
+        self.reason = f"an output differs from what {self.report.name} records"
+
+    def __call__(self, task, values) -> bool:
+        try:
+            recorded = json.loads(self.report.read_text(encoding="utf-8")).get("files")
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError) as err:
+            self.reason = f"report unreadable: {self.report} ({err})"
+            return False
+        for path in self.files:
+            entry = (recorded or {}).get(path.name)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue  # doit's missing-target check runs it
+            if not isinstance(entry, dict):
+                self.reason = f"output not recorded: {self.report.name} has no size and digest of {path.name}"
+                return False
+            if size != entry.get("bytes"):
+                self.reason = (f"output damaged: {path} is {size} bytes, {self.report.name} "
+                               f"records {entry.get('bytes')}")
+                return False
+            if sampled_digest(path) != entry.get("digest"):
+                self.reason = (f"output damaged: the content of {path} differs from the digest "
+                               f"{self.report.name} records")
+                return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"OutputsIntact({str(self.report)!r})"

@@ -1,24 +1,30 @@
-"""Benchmark post-training: LoRA merge + GGUF conversion + quantization, afs vs the usual path.
+"""Benchmark post-training: the merge, gguf and quantize tasks as the build runs them, vs the usual path.
 
-    python bench/post_training.py            # Qwen2.5-0.5B dimensions (about 4 GB of disk)
+    python bench/post_training.py            # Qwen2.5-0.5B dimensions (about 5 GB of disk)
     python bench/post_training.py --small    # a quick run on a small model
     python bench/post_training.py --repeat 2 # each path twice; the best wall time counts
 
 Builds, in a temporary folder, a model of Qwen2.5-0.5B's dimensions with random bfloat16
 weights (hidden 896, intermediate 4864, 24 layers, 14 heads, 2 kv heads, vocab 151936, tied
-embeddings; the tokenizer is the tiny test one, the embedding padded past it) and a random
-LoRA adapter (r 16, alpha 32, all seven projections, B non-zero). Then, in the same run:
+embeddings; the tokenizer is the tiny test one, the embedding padded past it), a random LoRA
+adapter (r 16, alpha 32, all seven projections, B non-zero) and an afs project around them: a
+manifest whose specialist ``bench`` has that base, that adapter where ``train:bench`` leaves
+it, and a small eval split. Then, in the same run:
 
-- afs: ``merged_tensors`` streamed into ``gguf_convert.convert`` (F16): the LoRA is merged
-  into each tensor while the GGUF is written; no merged HF folder exists at any point;
+- afs: the task actions themselves, ``stages.merge.run``, ``stages.gguf.run`` and
+  ``stages.quantize.run`` (Q8_0, Q4_K_M), each in its own process, with the durations of
+  their steps read from the build's log; and ``stages.gguf.convert(manifest, "bench", "F16")``
+  alone, the function ``gguf.run`` converts with (the LoRA merged into each tensor while the
+  GGUF is written; no merged folder at any point), for the like-for-like figure;
 - reference: peft ``merge_and_unload()`` and ``save_pretrained`` (the merged HF folder), then
-  llama.cpp's own ``convert_hf_to_gguf.py`` from the llama-cpp-python sdist (F16);
+  llama.cpp's own ``convert_hf_to_gguf.py`` from the llama-cpp-python sdist (F16), then
+  ``llama_model_quantize`` with its default parameters to Q8_0 and Q4_K_M.
 
-and both F16 files are quantized to Q8_0 and Q4_K_M with ``llama_model_quantize`` and
-``llama_model_quantize_default_params()``. Every step runs in its own process; its wall time
-and peak memory (the process's max RSS, from ``wait4``) are reported, and the two F16 files
-are compared tensor by tensor (they differ by rounding only: peft merges in bfloat16, afs in
-float32).
+Every step runs in its own process; its wall time and peak memory (the process's max RSS,
+from ``wait4``) are reported, and the two F16 files are compared tensor by tensor (they differ
+by rounding only: peft merges in bfloat16, afs in float32). The afs tasks also check what the
+reference does not (the merge against peft on logits, tokenizer and generation parity, a
+size/speed/perplexity report per file): those steps are listed apart.
 """
 
 from __future__ import annotations
@@ -107,6 +113,47 @@ def build_inputs(work: Path, dims: dict, rank: int = 16) -> tuple[Path, Path]:
     return base, adapter
 
 
+EVAL = [
+    [{"role": "user", "content": "What is 12 plus 30?"},
+     {"role": "assistant", "content": "12 plus 30 is 42."}],
+    [{"role": "system", "content": "You answer briefly."},
+     {"role": "user", "content": "Which register starts DMA on the SNES?"},
+     {"role": "assistant", "content": "$420B, MDMAEN."}],
+    [{"role": "user", "content": "Write add(a, b) in Python."},
+     {"role": "assistant", "content": "def add(a, b):\n    return a + b"}],
+]
+NAME = "bench"
+
+
+def make_project(work: Path, base: Path, adapter: Path) -> Path:
+    """An afs project around `base`: specialist `bench`, its adapter and eval split in place."""
+    import yaml
+
+    from afs_build.manifest import load
+    from afs_build.paths import Layout
+
+    root = work / "project"
+    root.mkdir()
+    manifest = {
+        "project": {"name": "bench"},
+        "models": {"base": {"path": str(base), "params_b": 0.5}},
+        "hardware": {"cpu": {"vram_gb": 8}},
+        "sources": {"chat": {"kind": "custom", "path": "chat.jsonl", "format": "alpaca"}},
+        "mixes": {"general": {"samples": 3, "groups": {"all": {"share": 1.0, "sources": ["chat"]}}}},
+        "specialists": {NAME: {"role": "Benchmark", "base": "base", "mix": "general",
+                               "hardware": "cpu", "port": 6199, "quantize": list(QUANTS)}},
+    }
+    (root / "afs.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    (root / "chat.jsonl").write_text("".join(
+        json.dumps({"instruction": m[-2]["content"], "output": m[-1]["content"]}) + "\n" for m in EVAL))
+    layout = Layout.of(load(root / "afs.yaml"))
+    layout.train(NAME).folder.mkdir(parents=True)
+    shutil.move(str(adapter), layout.train(NAME).adapter)  # where train:bench leaves it
+    layout.mix(NAME).folder.mkdir(parents=True)
+    layout.mix(NAME).eval.write_text("".join(json.dumps({"messages": m}) + "\n" for m in EVAL))
+    return root / "afs.yaml"
+
+
 def reference_root() -> Path:
     root = reference.llama_cpp_tree()
     if root is None:
@@ -120,20 +167,30 @@ def reference_root() -> Path:
 
 def step_inputs(work: str, dims: str) -> None:
     base, adapter = build_inputs(Path(work), json.loads(dims))
-    print(json.dumps([str(base), str(adapter)]))
+    manifest = make_project(Path(work), base, adapter)
+    print(json.dumps([str(base), str(manifest)]))
 
 
 def step_compare(ours: str, theirs: str) -> None:
     print(json.dumps(compare(Path(ours), Path(theirs))))
 
 
-def step_afs(base: str, adapter: str, out: str) -> None:
-    from afs_build.post.gguf_convert import convert
-    from afs_build.post.merge import merged_tensors
+def step_task(manifest: str, stage: str) -> None:
+    """One task's action, exactly as doit calls it: ``<stage>.run(manifest, name)``."""
+    from afs_build.manifest import load
+    from afs_build.stages import gguf, merge, quantize
 
-    config = json.loads((Path(base) / "config.json").read_text())
-    convert(config, Path(base), merged_tensors(Path(base), Path(adapter)), Path(out),
-            outtype="F16", name="bench")
+    failed = {"merge": merge, "gguf": gguf, "quantize": quantize}[stage].run(load(manifest), NAME)
+    if failed is not None:  # the action wrapper returns doit's TaskFailed
+        raise SystemExit(failed.get_msg())
+
+
+def step_convert(manifest: str) -> None:
+    """The conversion ``gguf.run`` does, alone: the LoRA merged into each tensor as it is written."""
+    from afs_build.manifest import load
+    from afs_build.stages import gguf
+
+    gguf.convert(load(manifest), NAME, "F16")
 
 
 def step_peft(base: str, adapter: str, out: str) -> None:
@@ -158,8 +215,8 @@ def step_quantize(src: str, dst: str, qtype: str) -> None:
         raise SystemExit(f"quantizing {src} to {qtype} failed")
 
 
-STEPS = {"inputs": step_inputs, "compare": step_compare, "afs": step_afs, "peft": step_peft,
-         "quantize": step_quantize}
+STEPS = {"inputs": step_inputs, "compare": step_compare, "task": step_task,
+         "convert": step_convert, "peft": step_peft, "quantize": step_quantize}
 
 
 def run(cmd: list[str]) -> dict:
@@ -195,11 +252,34 @@ def self_step(*args: str) -> list[str]:
     return [sys.executable, __file__, "--step", *args]
 
 
-def afs_path(base: Path, adapter: Path, out: Path) -> dict:
-    f16 = out / "afs-F16.gguf"
-    steps = {"merge+convert": timed(self_step("afs", str(base), str(adapter), str(f16)))}
+def log_steps(log_file: Path, offset: int, task: str) -> dict[str, float]:
+    """The durations of `task`'s steps that the build's log recorded after `offset`."""
+    steps = {}
+    with open(log_file, encoding="utf-8") as handle:
+        handle.seek(offset)
+        for line in handle:
+            event = json.loads(line)
+            if event.get("task") == task and event["event"].endswith(": done"):
+                steps[event["event"].removesuffix(": done")] = event["duration_s"]
+    return steps
+
+
+def afs_path(manifest: Path, out: Path) -> dict:
+    """The three tasks' actions, then the conversion alone; F16 copied to `out` for comparing."""
+    from afs_build.paths import Layout
+
+    layout = Layout(manifest.parent / "build")
+    post = layout.post(NAME)
+    steps = {}
+    for stage in ("merge", "gguf", "quantize"):
+        offset = layout.log_file.stat().st_size if layout.log_file.exists() else 0
+        figures = timed(self_step("task", str(manifest), stage))
+        steps[f"{stage}:{NAME}"] = {**figures, "steps": log_steps(layout.log_file, offset,
+                                                                   f"{stage}:{NAME}")}
+    shutil.copy(post.gguf("F16"), out / "afs-F16.gguf")
+    steps["gguf.convert (F16) alone"] = timed(self_step("convert", str(manifest)))
     for q in QUANTS:
-        steps[f"quantize {q}"] = timed(self_step("quantize", str(f16), str(out / f"afs-{q}.gguf"), q))
+        shutil.copy(post.gguf(q), out / f"afs-{q}.gguf")
     return steps
 
 
@@ -209,6 +289,7 @@ def reference_path(base: Path, adapter: Path, out: Path) -> dict:
              "convert_hf_to_gguf": timed(reference.command(reference_root(), merged, f16))}
     for q in QUANTS:
         steps[f"quantize {q}"] = timed(self_step("quantize", str(f16), str(out / f"ref-{q}.gguf"), q))
+    shutil.rmtree(merged)
     return steps
 
 
@@ -224,6 +305,10 @@ def compare(ours: Path, theirs: Path) -> dict:
     worst = max(float(np.abs(np.asarray(ta[n].data, np.float32) - np.asarray(tb[n].data, np.float32)).max())
                 for n in ta) if same else None
     return {"same_tensors": same, "tensors": len(ta), "max_abs_diff": worst}
+
+
+def total(steps: dict) -> float:
+    return sum(s["seconds"] for s in steps.values())
 
 
 def main() -> None:
@@ -242,16 +327,17 @@ def main() -> None:
     try:
         reference_root()
         made = run(self_step("inputs", str(work), json.dumps(dims)))
-        base, adapter = map(Path, json.loads(made["stdout"].strip().splitlines()[-1]))
+        base, manifest = map(Path, json.loads(made["stdout"].strip().splitlines()[-1]))
+        adapter = manifest.parent / "build" / "specialists" / NAME / "train" / "adapter"
         print(f"inputs: {dims} + LoRA r16 in {made['seconds']:.1f} s", flush=True)
         runs = {"afs": [], "reference": []}
         for i in range(args.repeat):
-            for label, path in (("afs", afs_path), ("reference", reference_path)):
+            for label in ("afs", "reference"):
                 out = work / f"{label}-{i}"
                 out.mkdir()
-                runs[label].append(path(base, adapter, out))
-                total = sum(s["seconds"] for s in runs[label][-1].values())
-                print(f"  {label} run {i + 1}: {total:.1f} s", flush=True)
+                steps = afs_path(manifest, out) if label == "afs" else reference_path(base, adapter, out)
+                runs[label].append(steps)
+                print(f"  {label} run {i + 1}: {total(steps):.1f} s", flush=True)
         agreement = json.loads(run(self_step("compare", str(work / "afs-0" / "afs-F16.gguf"),
                                              str(work / "reference-0" / "ref-F16.gguf")))["stdout"])
         sizes = {f.name: round(f.stat().st_size / 2**20) for f in sorted((work / "afs-0").glob("*.gguf"))}
@@ -264,20 +350,27 @@ def main() -> None:
 def report(dims: dict, runs: dict, agreement: dict, sizes: dict) -> None:
     print(f"\nmodel {dims}, LoRA r16 on all 7 projections; {len(runs['afs'])} run(s) each, "
           f"best wall time; peak = max RSS of the step's process")
-    best = {}
-    for label, results in runs.items():
-        best[label] = min(results, key=lambda r: sum(s["seconds"] for s in r.values()))
-        print(f"\n{label}:")
-        for step, figures in best[label].items():
-            print(f"  {step:<22} {figures['seconds']:>7.1f} s   peak {figures['peak_mb']:>6} MB")
-        merge = [s for k, s in best[label].items() if not k.startswith("quantize")]
-        print(f"  {'to F16 (merge+convert)':<22} {sum(s['seconds'] for s in merge):>7.1f} s   "
-              f"peak {max(s['peak_mb'] for s in merge):>6} MB")
-        print(f"  {'total':<22} {sum(s['seconds'] for s in best[label].values()):>7.1f} s")
-    f16 = {label: sum(s["seconds"] for k, s in best[label].items() if not k.startswith("quantize"))
-           for label in best}
-    print(f"\nto F16: afs {f16['afs']:.1f} s vs reference {f16['reference']:.1f} s "
-          f"({f16['reference'] / f16['afs']:.2f}x)")
+    best = {label: min(results, key=total) for label, results in runs.items()}
+    print("\nafs (the tasks' actions, each in its own process; indented: its logged steps):")
+    for step, figures in best["afs"].items():
+        print(f"  {step:<44} {figures['seconds']:>7.1f} s   peak {figures['peak_mb']:>6} MB")
+        for name, seconds in figures.get("steps", {}).items():
+            print(f"    {name:<42} {seconds:>7.1f} s")
+    print("\nreference (peft merge + save, llama.cpp's convert_hf_to_gguf.py, llama_model_quantize):")
+    for step, figures in best["reference"].items():
+        print(f"  {step:<44} {figures['seconds']:>7.1f} s   peak {figures['peak_mb']:>6} MB")
+    ours = best["afs"]["gguf.convert (F16) alone"]
+    theirs = [best["reference"][k] for k in ("peft merge+save", "convert_hf_to_gguf")]
+    seconds = sum(s["seconds"] for s in theirs)
+    print(f"\nto F16 (merge + convert): afs {ours['seconds']:.1f} s, peak {ours['peak_mb']} MB "
+          f"(no merged folder) vs reference {seconds:.1f} s, peak "
+          f"{max(s['peak_mb'] for s in theirs)} MB ({seconds / ours['seconds']:.2f}x)")
+    quantize = best["afs"][f"quantize:{NAME}"]["steps"]
+    print("quantize (the same llama.cpp call on both sides): afs "
+          + ", ".join(f"{q} {quantize.get(f'quantizing to {q}', float('nan')):.1f} s" for q in QUANTS)
+          + " (in-task steps); reference "
+          + ", ".join(f"{q} {best['reference'][f'quantize {q}']['seconds']:.1f} s" for q in QUANTS)
+          + " (processes)")
     print(f"F16 files: {agreement}")
     print(f"afs file sizes (MB): {sizes}")
     print(json.dumps({"dims": dims, "runs": runs, "agreement": agreement, "sizes_mb": sizes}))

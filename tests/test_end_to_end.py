@@ -79,6 +79,10 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
     rows = "".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in FACTS)
     suite = "".join(json.dumps(q) + "\n" for q in SUITE)
     path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
+    # what an older afs left: a merged copy of the model, which the merge task now removes
+    legacy = project.root / "build" / "specialists" / "alpha" / "post" / "merged"
+    legacy.mkdir(parents=True)
+    (legacy / "model.safetensors").write_bytes(bytes(1024))
     try:
         ran = doit(project.root, "deploy:alpha")
         assert ran == {"ingest:chat", "score:chat", "mix:alpha", "base:tiny", "render:alpha",
@@ -89,8 +93,15 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
         merge = json.loads((build / "post/merge.json").read_text())
         gguf = json.loads((build / "post/gguf.json").read_text())
         quant = json.loads((build / "post/quantize.json").read_text())
-        assert merge and gguf["tokenization"]["ok"] and gguf["generation"]["ok"]
+        assert merge["max_abs_logit_diff"] < merge["tolerance"] and merge["tensors_changed"] > 0
+        assert gguf["tokenization"]["ok"] and gguf["generation"]["ok"]
+        assert gguf["generation"]["adapter"] == str(build / "train" / "adapter")  # against peft
         assert set(quant["report"]["quants"]) == {"F16", "Q8_0", "Q4_K_M"}
+        assert set(quant["files"]) == {"alpha-F16.gguf", "alpha-Q8_0.gguf", "alpha-Q4_K_M.gguf"}
+        # merged while converting: no merged copy of the model, no temporaries
+        assert sorted(p.name for p in (build / "post").iterdir()) == [
+            "alpha-F16.gguf", "alpha-Q4_K_M.gguf", "alpha-Q8_0.gguf", "gguf.json", "merge.json",
+            "quantize.json"]
         assert (project.root / "build/specialists/alpha/deploy/Modelfile").exists()
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")

@@ -1,37 +1,30 @@
-"""Merge a LoRA adapter into its base: with peft into an HF folder, or streaming into GGUF.
+"""Merge a LoRA adapter into its base tensor by tensor, as the GGUF is written, and check it.
 
-Two paths, which must agree (``tests/post/test_merge.py`` checks they do):
-
-* :func:`merge_adapter` is the reference: peft's ``merge_and_unload()``, then an HF folder
-  (safetensors, the base's tokenizer files and generation config) renamed into place. It
-  checks its own work: the largest logit difference between the adapter model and the merged
-  model on a few chat-templated prompts must be tiny.
 * :func:`merged_tensors` never builds the merged model: it reads the base's safetensors one
   tensor at a time and adds ``scale * B @ A`` where the adapter has a LoRA pair, so
-  :func:`afs_build.post.gguf_convert.convert` can write the specialist's GGUF directly.
+  :func:`afs_build.post.gguf_convert.convert_folder` writes the specialist's GGUF directly and
+  no merged copy of the model is ever written (for a 7B base that copy is about 15 GB).
+* :func:`check_merge` is the ``merge:<specialist>`` task: the streamed merge must compute what
+  peft computes with the adapter, on logits; it writes no weights.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import StageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PROMPTS = ("What is the capital of France?", "Explain DMA in one sentence.",
            "Write a haiku about the sea.")
 # float32 merges differ from the adapter's forward pass by rounding only; half-precision bases
 # round the merged weights themselves.
 TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.05}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
-                   "added_tokens.json", "tokenizer.model", "generation_config.json")
 PREFIX = "base_model.model."
 # adapter_config.json settings the streaming merge does not implement, with their no-op value
 UNSUPPORTED = {"use_dora": False, "lora_bias": False, "layer_replication": None,
@@ -55,7 +48,8 @@ def adapter_config(adapter_folder: Path) -> dict:
     for key, neutral in UNSUPPORTED.items():
         if config.get(key) not in (neutral, [], {}):
             raise StageError(f"{path}: {key} = {config[key]!r} is not supported by afs's "
-                             "streaming merge; merge with merge_adapter() and convert the folder")
+                             "streaming merge, which merges plain LoRA adapters; train the "
+                             "adapter without it")
     return config
 
 
@@ -85,7 +79,7 @@ def load_adapter(adapter_folder: Path) -> tuple[dict, dict[str, dict], dict[str,
             pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
         elif "lora_" in name:
             raise StageError(f"{path}: tensor {key!r} is not supported by afs's streaming merge "
-                             "(embedding LoRA or DoRA); merge with merge_adapter()")
+                             "(embedding LoRA or DoRA); train a plain LoRA on linear layers")
         else:  # modules_to_save and trained biases: whole tensors that replace the base's
             replace[name] = tensor
     for module, pair in pairs.items():
@@ -105,7 +99,7 @@ def merged_tensors(base_folder: Path, adapter_folder: Path) -> Iterator[tuple[st
     Merged tensors come out float32; the others keep their dtype (bfloat16 becomes float32,
     which numpy lacks).
     """
-    from .gguf_convert import read_safetensors, to_numpy
+    from .weights import read_safetensors, to_numpy
 
     config, pairs, replace = load_adapter(adapter_folder)
     fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
@@ -132,7 +126,7 @@ def merged_tensors(base_folder: Path, adapter_folder: Path) -> Iterator[tuple[st
                          f"tensor for {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}")
 
 
-# --- the peft merge ----------------------------------------------------------------------------
+# --- the check against peft ------------------------------------------------------------------
 
 
 def _prompt_ids(tokenizer, prompts) -> list[list[int]]:
@@ -150,18 +144,36 @@ def _logits(model, batches: list[list[int]]) -> list[Any]:
         return [model(input_ids=torch.tensor([ids])).logits[0].float() for ids in batches]
 
 
-def merge_adapter(base_folder: Path, adapter_folder: Path, out: Path, *,
-                  prompts=PROMPTS, tolerance: float | None = None) -> dict:
-    """Merge with peft and save an HF folder at `out`; fail if the merge changes the logits.
+def _base_parameters(model) -> dict[str, Any]:
+    """The base weights inside a peft model, under the names the base's safetensors use.
 
-    The folder is written under a temporary name beside `out` and renamed at the end. The
-    tokenizer and generation config are copied from the base as they are (saving them through
-    transformers drops flags such as an explicit ``add_bos_token``).
+    peft keeps a wrapped layer's own weight as ``<module>.base_layer.weight`` and a replaced
+    module's as ``<module>.original_module.weight``; with the adapter switched off, those are
+    what the model computes with.
     """
+    out = {}
+    for name, param in model.get_base_model().named_parameters(remove_duplicate=False):
+        if "lora_" in name or ".modules_to_save." in name:
+            continue
+        out[name.replace(".base_layer.", ".").replace(".original_module.", ".")] = param
+    return out
+
+
+def check_merge(base_folder: Path, adapter_folder: Path, *, prompts=PROMPTS,
+                tolerance: float | None = None) -> dict:
+    """Check that :func:`merged_tensors` computes what base + adapter compute in peft.
+
+    One model in memory and no weights written: the base is loaded with the adapter as peft
+    runs it, and its logits on a few chat-templated prompts are the reference. Then each tensor
+    the streaming merge yields is copied over the base weight it replaces, and with the adapter
+    switched off the same prompts run again. The largest logit difference must be within the
+    tolerance of the base's dtype (rounding only), or this raises StageError.
+    """
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_folder, adapter_folder, out = Path(base_folder), Path(adapter_folder), Path(out)
+    base_folder, adapter_folder = Path(base_folder), Path(adapter_folder)
     config = adapter_config(adapter_folder)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     base = AutoModelForCausalLM.from_pretrained(base_folder, dtype="auto")
@@ -170,44 +182,31 @@ def merge_adapter(base_folder: Path, adapter_folder: Path, out: Path, *,
     model = PeftModel.from_pretrained(base, adapter_folder).eval()
     batches = _prompt_ids(tokenizer, prompts)
     before = _logits(model, batches)
-    merged = model.merge_and_unload().eval()
-    after = _logits(merged, batches)
+    params = _base_parameters(model)
+    changed = 0
+    with torch.no_grad():
+        for name, array in merged_tensors(base_folder, adapter_folder):
+            if name not in params:
+                raise StageError(f"{base_folder}: tensor {name!r} of the safetensors files is not "
+                                 "a weight of the model transformers loads from this folder")
+            weight = torch.from_numpy(array).to(params[name].dtype)
+            changed += not torch.equal(params[name], weight)
+            params[name].copy_(weight)
+            del array, weight
+    with model.disable_adapter():
+        after = _logits(model, batches)
     diffs = [float((a - b).abs().max()) for a, b in zip(before, after)]
     worst = max(range(len(diffs)), key=diffs.__getitem__)
     if diffs[worst] > limit:
-        raise StageError(f"merging {adapter_folder} into {base_folder} changed the model: the "
-                         f"largest logit difference between the adapter model and the merged "
-                         f"model is {diffs[worst]:.3g} (tolerance {limit:g}) on prompt "
+        raise StageError(f"merging {adapter_folder} into {base_folder} changes the model: the "
+                         f"largest logit difference between base + adapter (peft) and afs's "
+                         f"streamed merge is {diffs[worst]:.3g} (tolerance {limit:g}) on prompt "
                          f"{prompts[worst]!r}; the adapter does not merge cleanly into this base")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            if (base_folder / name).is_file():
-                shutil.copy2(base_folder / name, tmp / name)
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
-        "base": str(base_folder), "adapter": str(adapter_folder), "merged": str(out),
-        "dtype": dtype, "lora": {k: sorted(v) if isinstance(v, list) else v for k, v in (
+        "base": str(base_folder), "adapter": str(adapter_folder), "dtype": dtype,
+        "lora": {k: sorted(v) if isinstance(v, list) else v for k, v in (
             (k, config.get(k)) for k in ("r", "lora_alpha", "use_rslora", "fan_in_fan_out",
                                          "target_modules"))},
-        "prompts": list(prompts), "max_abs_logit_diff": max(diffs), "tolerance": limit,
-        "bytes": sum(p.stat().st_size for p in out.glob("*.safetensors")),
+        "tensors_changed": changed, "prompts": list(prompts),
+        "max_abs_logit_diff": max(diffs), "tolerance": limit,
     }
-
-
-def _replace_folder(tmp: Path, out: Path) -> None:
-    """Rename `tmp` onto `out`, which may exist: the old one is moved aside, then removed."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

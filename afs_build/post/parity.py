@@ -11,7 +11,9 @@ or Ollama than in Python. These checks compare the two sides directly:
 * :func:`generation_parity`: greedy answers of the F16 GGUF and the HF model on chat-templated
   prompts, and llama.cpp's top-1 next token at every position of the HF answer. A top-1
   difference counts only where the HF model's own margin between the two tokens is above
-  `tie_tolerance`: F16 weights legitimately flip near-ties.
+  `tie_tolerance`: F16 weights legitimately flip near-ties. For a specialist the HF model is
+  its base with the LoRA adapter loaded by peft, in memory: what training produced, not a
+  merged copy.
 
 Each returns a JSON-ready report with per-item results and ``ok``; :func:`check` raises
 StageError listing the mismatches.
@@ -62,7 +64,7 @@ def _llama(gguf_path: Path, **kwargs):
 
 def _markers(tokenizer) -> list[str]:
     """The chat template's own text around messages, e.g. '<|im_start|>assistant\\n'."""
-    from .gguf_convert import PROBE
+    from .vocab import PROBE
 
     if not getattr(tokenizer, "chat_template", None):
         return []
@@ -100,7 +102,7 @@ def tokenization_parity(hf_folder: Path, gguf_path: Path) -> dict:
 
 
 def _tokenization(tokenizer, llm, hf_folder: Path, gguf_path: Path) -> dict:
-    from .gguf_convert import CHKTXT, end_of_turn
+    from .vocab import CHKTXT, end_of_turn
 
     model = llm._model
     add_bos = bool(model.add_bos_token())
@@ -150,10 +152,11 @@ def _tokenization(tokenizer, llm, hf_folder: Path, gguf_path: Path) -> dict:
 
 
 def generation_parity(hf_folder: Path, gguf_path: Path, prompts: Sequence[str | list[dict]], *,
-                      max_new_tokens: int = 16, n_threads: int = 2,
-                      tie_tolerance: float = 0.1) -> dict:
+                      adapter: Optional[Path] = None, max_new_tokens: int = 16,
+                      n_threads: int = 2, tie_tolerance: float = 0.1) -> dict:
     """Compare greedy answers and top-1 next tokens of the GGUF with the HF model's.
 
+    The HF model is `hf_folder` in float32, with the peft `adapter` on it if one is given.
     Both sides start from transformers' ids of the chat-templated prompt (tokenization is
     :func:`tokenization_parity`'s job), and stop at their own end tokens.
     """
@@ -162,7 +165,12 @@ def generation_parity(hf_folder: Path, gguf_path: Path, prompts: Sequence[str | 
 
     tokenizer = AutoTokenizer.from_pretrained(hf_folder)
     model = AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32).eval()
-    stops = model.generation_config.eos_token_id
+    generation_config = model.generation_config
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    stops = generation_config.eos_token_id
     if stops is None:
         stops = tokenizer.eos_token_id
     stops = set(stops if isinstance(stops, list) else [] if stops is None else [stops])
@@ -174,6 +182,7 @@ def generation_parity(hf_folder: Path, gguf_path: Path, prompts: Sequence[str | 
     finally:
         llm.close()
     return {"check": "generation", "gguf": str(gguf_path), "hf_folder": str(hf_folder),
+            "adapter": None if adapter is None else str(adapter),
             "max_new_tokens": max_new_tokens, "tie_tolerance": tie_tolerance, "items": items,
             "mismatches": sum(not i["ok"] for i in items), "ok": all(i["ok"] for i in items)}
 

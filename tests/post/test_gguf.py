@@ -20,7 +20,8 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before ggml loads: see FIELD-NOTES
 
 from afs_build.errors import StageError  # noqa: E402
-from afs_build.post import gguf_convert, parity  # noqa: E402
+from afs_build.post import gguf_convert, parity, vocab  # noqa: E402
+from afs_build.post.weights import read_safetensors  # noqa: E402
 import reference  # noqa: E402
 from tinymodel import build_tiny_model  # noqa: E402
 
@@ -226,13 +227,13 @@ def test_unknown_pre_tokenizer(tiny, tmp_path):
                   "from transformers. Fix: use a base model whose tokenizer llama.cpp knows as one "
                   "of 'deepseek-r1-qwen', 'gpt-2', 'llama-bpe', 'qwen2', 'smollm', or add the name "
                   "llama.cpp's convert_hf_to_gguf_update.py gives this tokenizer to PRE_BY_HASH in "
-                  "afs_build/post/gguf_convert.py"), str(err.value))
+                  "afs_build/post/vocab.py"), str(err.value))
     assert not (tmp_path / "odd.gguf").exists()
 
 
 def test_incomplete_stream_leaves_no_file(tiny, tmp_path):
     config = json.loads((tiny / "config.json").read_text())
-    tensors = [(n, t) for n, t in gguf_convert.read_safetensors(tiny) if "layers.1.mlp" not in n]
+    tensors = [(n, t) for n, t in read_safetensors(tiny) if "layers.1.mlp" not in n]
     with pytest.raises(StageError) as err:
         gguf_convert.convert(config, tiny, iter(tensors), tmp_path / "x.gguf", name="x")
     assert str(err.value) == (f"cannot write {tmp_path / 'x.gguf'}: the Qwen2ForCausalLM tensors "
@@ -243,7 +244,7 @@ def test_incomplete_stream_leaves_no_file(tiny, tmp_path):
 
 def test_stream_order_does_not_matter(tiny, tiny_gguf, tmp_path):
     config = json.loads((tiny / "config.json").read_text())
-    backwards = list(gguf_convert.read_safetensors(tiny))[::-1]
+    backwards = list(read_safetensors(tiny))[::-1]
     gguf_convert.convert(config, tiny, iter(backwards), tmp_path / "x.gguf", name="tiny")
     assert (tmp_path / "x.gguf").read_bytes() == tiny_gguf[0].read_bytes()
 
@@ -251,7 +252,7 @@ def test_stream_order_does_not_matter(tiny, tiny_gguf, tmp_path):
 def test_weights_that_do_not_fit_config(tiny, tmp_path):
     config = {**json.loads((tiny / "config.json").read_text()), "intermediate_size": 512}
     with pytest.raises(StageError) as err:
-        gguf_convert.convert(config, tiny, gguf_convert.read_safetensors(tiny), tmp_path / "x.gguf",
+        gguf_convert.convert(config, tiny, read_safetensors(tiny), tmp_path / "x.gguf",
                              name="x")
     assert str(err.value) == ("cannot convert tensor 'model.layers.0.mlp.down_proj.weight' to GGUF: "
                               "its shape [256, 256] is not [256, 512], which config.json implies")
@@ -274,14 +275,14 @@ def test_unknown_tensor_name(tiny, tmp_path):
 def broken_gguf(monkeypatch, tiny: Path, out: Path, *, pre=None, eos=None) -> Path:
     """Convert with one tokenizer fact deliberately wrong."""
     if pre is not None:
-        monkeypatch.setattr(gguf_convert, "pre_tokenizer_name", lambda tok, folder: (pre, "rules"))
+        monkeypatch.setattr(vocab, "pre_tokenizer_name", lambda tok, folder: (pre, "rules"))
     if eos is not None:
         read = gguf_convert.read_vocab
 
         def wrong(folder, config):
-            vocab = read(folder, config)
-            vocab.special["eos"] = eos
-            return vocab
+            facts = read(folder, config)
+            facts.special["eos"] = eos
+            return facts
 
         monkeypatch.setattr(gguf_convert, "read_vocab", wrong)
     gguf_convert.convert_folder(tiny, out, name="broken")

@@ -1,7 +1,8 @@
-"""Merging LoRA adapters: peft's merge into a folder, and the streaming merge into GGUF.
+"""Merging LoRA adapters tensor by tensor into GGUF, against peft's own merge and forward pass.
 
 The adapters are made here with peft, with lora_B initialised non-zero (peft starts it at
-zero, which would make every merge a no-op and every comparison vacuous).
+zero, which would make every merge a no-op and every comparison vacuous). peft's merged folder
+(``merge_and_unload`` + ``save_pretrained``) is test scaffolding here: the build never writes one.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before ggml loads: see FIELD-NOTES
 
 from afs_build.errors import StageError  # noqa: E402
-from afs_build.post import gguf_convert, parity  # noqa: E402
-from afs_build.post.merge import merge_adapter, merged_tensors  # noqa: E402
+from afs_build.post import gguf_convert, merge, parity  # noqa: E402
+from afs_build.post.merge import check_merge, merged_tensors  # noqa: E402
+from afs_build.post.weights import read_safetensors  # noqa: E402
 from tinymodel import build_tiny_model  # noqa: E402
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -64,42 +66,50 @@ def adapter(tiny: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def merged(tiny: Path, adapter: Path) -> tuple[Path, dict]:
-    out = tiny.parent / "merged"
-    return out, merge_adapter(tiny, adapter, out)
+def merged(tiny: Path, adapter: Path) -> Path:
+    """peft's merged model saved as a folder, with the base's tokenizer: the reference."""
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tiny.parent / "peft-merged"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), adapter)
+    model.merge_and_unload().save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tiny / name, out / name)
+    return out
 
 
-def test_merge_adapter(tiny, adapter, merged):
-    out, report = merged
+def test_check_merge(tiny, adapter):
+    before = sorted(p.name for p in tiny.parent.rglob("*"))
+    report = check_merge(tiny, adapter)
     assert report["max_abs_logit_diff"] < 1e-4 and report["tolerance"] == 1e-3
     assert report["lora"] == {"r": 8, "lora_alpha": 16, "use_rslora": False,
                               "fan_in_fan_out": False, "target_modules": sorted(PROJECTIONS)}
     assert report["dtype"] == "float32" and len(report["prompts"]) == 3
-    assert sorted(p.name for p in out.iterdir()) == [
-        "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
-        "tokenizer.json", "tokenizer_config.json"]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["adapter", "hf", "merged"]
-    # the tokenizer travels unchanged (an explicit add_bos_token included)
-    assert (out / "tokenizer_config.json").read_bytes() == (tiny / "tokenizer_config.json").read_bytes()
-    base = dict(gguf_convert.read_safetensors(tiny))
-    after = dict(gguf_convert.read_safetensors(out))
-    assert sorted(base) == sorted(after)
-    changed = sorted(n for n in base if not np.array_equal(base[n].numpy(), after[n].numpy()))
-    assert len(changed) == 2 * len(PROJECTIONS)  # every projection of both layers: it matters
+    assert report["tensors_changed"] == 2 * len(PROJECTIONS)  # every projection of both layers
+    assert sorted(p.name for p in tiny.parent.rglob("*")) == before  # no weights written
 
 
-def test_merge_replaces_existing_folder(tiny, adapter, tmp_path):
-    out = tmp_path / "merged"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
-    merge_adapter(tiny, adapter, out)
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+def test_check_merge_catches_a_wrong_merge(tiny, adapter, monkeypatch):
+    """A streamed merge off by a factor (a wrong alpha/r) fails the check at its own tolerance."""
+    load = merge.load_adapter
+
+    def doubled(folder):
+        config, pairs, replace = load(folder)
+        for pair in pairs.values():
+            pair["scale"] *= 2
+        return config, pairs, replace
+
+    monkeypatch.setattr(merge, "load_adapter", doubled)
+    with pytest.raises(StageError, match="changes the model: the largest logit difference"):
+        check_merge(tiny, adapter)
 
 
 def test_streaming_merge_equals_peft(tiny, adapter, merged):
     streamed = dict(merged_tensors(tiny, adapter))
-    saved = {n: t.numpy() for n, t in gguf_convert.read_safetensors(merged[0])}
+    saved = {n: t.numpy() for n, t in read_safetensors(merged)}
     assert sorted(streamed) == sorted(saved)
     for name, tensor in saved.items():
         np.testing.assert_allclose(streamed[name], tensor, rtol=0, atol=1e-6, err_msg=name)
@@ -129,21 +139,20 @@ def test_streaming_merge_fan_in_fan_out(tiny, adapter, tmp_path):
                f"{key}.lora_B.weight": weights[f"{key}.lora_B.weight"]},
               str(flipped / "adapter_model.safetensors"))
     out = dict(merged_tensors(tiny, flipped))["model.layers.0.self_attn.o_proj.weight"]
-    base = dict(gguf_convert.read_safetensors(tiny))["model.layers.0.self_attn.o_proj.weight"]
+    base = dict(read_safetensors(tiny))["model.layers.0.self_attn.o_proj.weight"]
     a, b = weights[f"{key}.lora_A.weight"], weights[f"{key}.lora_B.weight"]
     expected = base.numpy() + (b.numpy() @ a.numpy()).T * (16 / 8)
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
 
 
 def test_streamed_gguf_equals_folder_gguf(tiny, adapter, merged, tmp_path):
-    """Merging while converting writes the same GGUF as converting the merged folder."""
+    """Merging while converting writes the same GGUF as converting peft's merged folder."""
     import gguf
 
-    config = json.loads((tiny / "config.json").read_text())
     streamed = tmp_path / "streamed.gguf"
-    report = gguf_convert.convert(config, tiny, merged_tensors(tiny, adapter), streamed,
-                                  outtype="F16", name="alpha")
-    folder = gguf_convert.convert_folder(merged[0], tmp_path / "folder.gguf", outtype="F16",
+    report = gguf_convert.convert_folder(tiny, streamed, outtype="F16", name="alpha",
+                                         adapter=adapter)
+    folder = gguf_convert.convert_folder(merged, tmp_path / "folder.gguf", outtype="F16",
                                          name="alpha")
     assert {k: v for k, v in report.items() if k != "file"} == \
         {k: v for k, v in folder.items() if k != "file"}
@@ -152,22 +161,26 @@ def test_streamed_gguf_equals_folder_gguf(tiny, adapter, merged, tmp_path):
         [(t.name, t.tensor_type, list(t.shape)) for t in theirs.tensors]
     for a, b in zip(ours.tensors, theirs.tensors):
         assert np.array_equal(np.asarray(a.data), np.asarray(b.data)), a.name
-    # and the streamed file is the merged model, in llama.cpp
-    parity.check(parity.tokenization_parity(merged[0], streamed))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.gguf", "streamed.gguf"]
+    # and llama.cpp on the streamed file answers as base + adapter do in peft
+    parity.check(parity.tokenization_parity(tiny, streamed))
     result = parity.check(parity.generation_parity(
-        merged[0], streamed, ["What is 12 plus 30?", "Name the largest planet."]))
+        tiny, streamed, ["What is 12 plus 30?", "Name the largest planet."], adapter=adapter))
+    assert result["adapter"] == str(adapter)
     assert all(i["identical"] for i in result["items"])
+    # the same check without the adapter must see a different model: the LoRA matters
+    plain = parity.generation_parity(tiny, streamed, ["What is 12 plus 30?"])
+    assert plain["items"][0]["max_abs_logit_diff"] > 100 * result["items"][0]["max_abs_logit_diff"]
 
 
 def test_merge_fails_above_tolerance(tiny, adapter, tmp_path):
     with pytest.raises(StageError) as err:
-        merge_adapter(tiny, adapter, tmp_path / "merged", tolerance=0.0)
+        check_merge(tiny, adapter, tolerance=0.0)
     assert re.fullmatch(
-        re.escape(f"merging {adapter} into {tiny} changed the model: the largest logit "
-                  "difference between the adapter model and the merged model is ") +
+        re.escape(f"merging {adapter} into {tiny} changes the model: the largest logit "
+                  "difference between base + adapter (peft) and afs's streamed merge is ") +
         r"[0-9.e-]+" + re.escape(" (tolerance 0) on prompt ") + r"'[^']+'" +
         re.escape("; the adapter does not merge cleanly into this base"), str(err.value))
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_dora_is_refused(tiny, adapter, tmp_path):
@@ -178,8 +191,8 @@ def test_dora_is_refused(tiny, adapter, tmp_path):
     with pytest.raises(StageError) as err:
         list(merged_tensors(tiny, folder))
     assert str(err.value) == (f"{folder / 'adapter_config.json'}: use_dora = True is not supported "
-                              "by afs's streaming merge; merge with merge_adapter() and convert "
-                              "the folder")
+                              "by afs's streaming merge, which merges plain LoRA adapters; train "
+                              "the adapter without it")
 
 
 def test_adapter_for_another_base(tiny, adapter, tmp_path):

@@ -1,8 +1,7 @@
 """Quantization on tiny real models: types, silent fallbacks, perplexity, the report.
 
-The F16 files come from llama.cpp's reference converter (``convert_hf_to_gguf.py`` from the
-llama-cpp-python sdist), run in a subprocess: test scaffolding only, until afs's own converter
-(``afs_build/post/gguf_convert.py``) can replace it here.
+The F16 files come from afs's own converter (``tinymodel.tiny_gguf``), which
+``tests/post/test_gguf.py`` compares with llama.cpp's reference converter.
 """
 
 from __future__ import annotations
