@@ -91,7 +91,8 @@ def test_start_writes_pid_file(env, served):
     assert on_disk == {k: v for k, v in record.items() if k != "action"}
     assert on_disk["port"] == manifest.specialists["majora"].port
     assert on_disk["gguf"] == str(gguf) and on_disk["token"].startswith(server.TOKEN_PREFIX)
-    assert {"pid", "started", "gguf_size", "gguf_mtime_ns", "n_ctx", "host"} <= set(on_disk)
+    assert {"pid", "started", "gguf_size", "gguf_mtime_ns", "n_ctx", "host", "auth",
+            "code"} <= set(on_disk)
 
 
 def test_openai_client_gets_an_answer(served):
@@ -139,7 +140,8 @@ def test_another_model_name_gets_404(env, served):
     assert err.value.status_code == 404
     assert err.value.body == {"message": "model 'beta' is not served here; this server serves "
                                          "'majora'",
-                              "type": "invalid_request_error", "code": "model_not_found"}
+                              "type": "invalid_request_error", "param": None,
+                              "code": "model_not_found"}
     status, body = post(env[0].specialists["majora"].port, "/v1/completions",
                         {"model": "gpt-4", "prompt": "x", "max_tokens": 1})
     assert status == 404 and body["error"]["code"] == "model_not_found"
@@ -158,7 +160,8 @@ def test_status_shows_healthy_and_stopped(env, served, capsys):
     rows = {r["specialist"]: r for r in server.status(layout, manifest)}
     assert rows["majora"] == {
         "specialist": "majora", "port": manifest.specialists["majora"].port, "file": str(gguf),
-        "pid": served[0]["pid"], "alive": True, "healthy": True, "state": "healthy"}
+        "pid": served[0]["pid"], "pids": [served[0]["pid"]], "alive": True, "healthy": True,
+        "state": "healthy"}
     assert rows["beta"]["state"] == "stopped" and rows["beta"]["pid"] is None
     assert rows["beta"]["file"] == str(layout.post("beta").gguf("F16"))
 
