@@ -273,5 +273,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
               if t["name"].split(":", 1)[0] in SPECIALIST_STAGES
               and t["name"].split(":", 1)[1] in names]
     options = ["--dry-run"] if args.dry_run else []
-    # No names: everything, as `doit clean` (which then cleans every task's inputs too).
-    return DoitMain(ModuleTaskLoader(graph.namespace(manifest))).run(["clean", *options, *chosen])
+    # Later stages first (the server before the files it serves), as doit orders a full clean;
+    # no names: everything, as `doit clean`.
+    code = DoitMain(ModuleTaskLoader(graph.namespace(manifest))).run(
+        ["clean", *options, *reversed(chosen)])
+    return code if isinstance(code, int) else 0

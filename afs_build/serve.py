@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 KEY_VARIABLE = "AFS_API_KEY"
 BODY_BYTES = 1 << 20  # the least body limit: room for any chat that fits a small context
 BODY_BYTES_PER_TOKEN = 64  # JSON-escaped text of one token, with room to spare
+COUNT_BUFFER = 1 << 14  # tokens; a longer prompt is counted without being kept
 
 
 def max_body_bytes(n_ctx: int) -> int:
@@ -83,24 +84,46 @@ class Vocabulary:
     """`model`'s vocabulary, kept loaded (a few MB) for the guard's checks of each request."""
 
     def __init__(self, model: Path):
+        import threading
+
         from llama_cpp import Llama
 
         self._llama = Llama(model_path=str(model), vocab_only=True, verbose=False)
+        self._lock = threading.Lock()  # the guard checks requests in worker threads
+        # No token is longer than this: a text of n bytes has at least n / longest tokens.
+        self.longest = max((len(self._llama.detokenize([t], special=True))
+                            for t in range(self._llama.n_vocab())), default=1) or 1
 
     def parses(self, grammar: str) -> bool:
         """Whether llama.cpp parses `grammar` (GBNF with a ``root`` rule)."""
         from llama_cpp import llama_cpp as native
 
-        sampler = native.llama_sampler_init_grammar(self._llama._model.vocab,
-                                                    grammar.encode("utf-8"), b"root")
-        if not sampler:
-            return False
-        native.llama_sampler_free(sampler)
-        return True
+        with self._lock:
+            sampler = native.llama_sampler_init_grammar(self._llama._model.vocab,
+                                                        grammar.encode("utf-8"), b"root")
+            if not sampler:
+                return False
+            native.llama_sampler_free(sampler)
+            return True
 
-    def count(self, text: str) -> int:
-        """Tokens in `text`, as the server tokenizes a prompt (special tokens, BOS)."""
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+    def count(self, text: str, at_most: Optional[int] = None) -> int:
+        """Tokens in `text`, as the server tokenizes a prompt (special tokens, BOS).
+
+        Past `at_most` the answer is only a number above it: a text too long to fit even in
+        its longest tokens is not tokenized at all. Otherwise tokens are counted into a small
+        buffer (llama.cpp returns the count it would need): a prompt of a megabyte never
+        becomes a Python list of a million tokens.
+        """
+        from llama_cpp import llama_cpp as native
+
+        raw = text.encode("utf-8")
+        if at_most is not None and len(raw) // self.longest > at_most:
+            return len(raw) // self.longest
+        with self._lock:
+            room = (native.llama_token * COUNT_BUFFER)()
+            n = native.llama_tokenize(self._llama._model.vocab, raw, len(raw), room, COUNT_BUFFER,
+                                      True, True)
+        return abs(n)
 
 
 def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", port: int = 8000,
@@ -118,7 +141,9 @@ def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", p
     settings = ModelSettings(model=str(model), model_alias=alias, n_ctx=n_ctx,
                              chat_format=chat_format, verbose=False, **extra)
     # The key is checked by the guard, in front of every path; the app needs none of its own.
-    app = create_app(server_settings=ServerSettings(host=host, port=port),
+    # llama-cpp-python cuts a streamed answer short when another request arrives (made for
+    # one user at a desk); a specialist serves several clients, so each answer is finished.
+    app = create_app(server_settings=ServerSettings(host=host, port=port, interrupt_requests=False),
                      model_settings=[settings])
     vocabulary = Vocabulary(model)
     return Guard(app, alias, api_key=api_key, n_vocab=n_vocab, n_ctx=n_ctx,

@@ -7,8 +7,9 @@ any size and tokenizes it (a 150 MB body took a server to 9.7 GB). :class:`Guard
 those itself, OpenAI-style, before the server sees them:
 
 - 401 ``invalid_api_key`` without the API key (when the server has one), on every request;
-- 413 for a body over the limit, from its ``Content-Length`` before reading it, or as soon
-  as a chunked body passes the limit;
+- 413 for a body over the limit, kept no further than the limit: one far over it is refused
+  from its ``Content-Length`` before it is read (or as soon as that much has come), one a
+  little over it is read to its end and dropped, so that its client gets the answer;
 - 400 for a body that is not UTF-8, not JSON, not an object, or not what the endpoint takes
   (checked with llama-cpp-python's own request models), for token ids outside the
   vocabulary, and for a grammar llama.cpp cannot parse (``grammar``, or the one a
@@ -44,6 +45,7 @@ MAX_PROBLEMS = 3
 # while the text so far ends in what looks like part of a UTF-8 character (see
 # _check_generation).
 CONTEXT_MARGIN = 8
+DISCARD_FACTOR = 4  # a body up to this many times the limit is read (and dropped) for its 413
 
 
 def is_loopback(host: str) -> bool:
@@ -72,9 +74,10 @@ def not_served(model: str, alias: str) -> dict:
 class BadRequest(Exception):
     """A request the guard answers itself: the status and the error body."""
 
-    def __init__(self, status: int, body: dict):
+    def __init__(self, status: int, body: dict, close: bool = False):
         super().__init__(body["error"]["message"])
         self.status, self.body = status, body
+        self.close = close  # end the connection after answering (its body was left unread)
 
 
 class Guard:
@@ -84,14 +87,15 @@ class Guard:
     def __init__(self, app, alias: str, *, max_body: int, n_ctx: int,
                  api_key: Optional[str] = None, n_vocab: Optional[int] = None,
                  grammar_ok: Optional[Callable[[str], bool]] = None,
-                 count_tokens: Optional[Callable[[str], int]] = None,
+                 count_tokens: Optional[Callable[[str, int], int]] = None,
                  render_chat: Optional[Callable[..., Any]] = None):
         self.app, self.alias, self.max_body, self.n_ctx = app, alias, max_body, n_ctx
         self.api_key = api_key.encode() if api_key else None
         self.n_vocab = n_vocab
         self.grammar_ok = grammar_ok  # GBNF text -> whether llama.cpp parses it
-        self.count_tokens = count_tokens  # prompt text -> its tokens, as the server counts
+        self.count_tokens = count_tokens  # (prompt, at most) -> its tokens, as the server counts
         self.render_chat = render_chat  # the chat template, as the server renders it
+        self._limiter = None  # one check at a time (made in the event loop, on first use)
         self.model = {"id": alias, "object": "model", "owned_by": "afs", "permissions": []}
 
     async def __call__(self, scope, receive, send):
@@ -102,15 +106,13 @@ class Guard:
         try:
             return await self._http(scope, receive, send)
         except BadRequest as bad:
-            # A body left unread (413, 401) is not read to its end for the next request on
-            # the connection: the connection closes.
-            return await _json(send, bad.status, bad.body, close=bad.status in (401, 413))
+            return await _json(send, bad.status, bad.body, close=bad.close)
 
     async def _http(self, scope, receive, send):
         if self.api_key is not None and not self._authorized(scope):
             raise BadRequest(401, error("missing or wrong API key; send it as 'Authorization: "
                                         "Bearer <key>' (the client's api_key)",
-                                        code="invalid_api_key"))
+                                        code="invalid_api_key"), close=True)
         path = scope["path"].rstrip("/") or "/"
         method = scope["method"]
         if method == "GET" and path in MODELS_PATHS:
@@ -129,14 +131,15 @@ class Guard:
         body = await self._read(scope, receive)
         if body is None:  # the client went away
             return
-        try:
-            data = self.check(path, body)
-        except BadRequest:
-            raise
-        except Exception:  # a bug here: the details go to server.log, never to the client
-            traceback.print_exc()
-            raise BadRequest(500, error("the server could not check this request; its log "
-                                        "has the details", kind="server_error")) from None
+        import anyio
+        import anyio.to_thread
+
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+
+        # In a worker thread: tokenizing a large prompt must not hold up the event loop (and
+        # with it every health check) while it runs.
+        data = await anyio.to_thread.run_sync(self._checked, path, body, limiter=self._limiter)
         raw = json.dumps(data, ensure_ascii=False).encode("utf-8")
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         scope = {**scope, "headers": headers + [(b"content-length", str(len(raw)).encode())]}
@@ -159,18 +162,28 @@ class Guard:
                                                                            self.api_key)
         return False
 
-    def _too_big(self) -> BadRequest:
+    def _too_big(self, close: bool) -> BadRequest:
         return BadRequest(413, error(f"the request body is larger than this server takes "
-                                     f"({self.max_body:,} bytes)", code="request_too_large"))
+                                     f"({self.max_body:,} bytes)", code="request_too_large"),
+                          close=close)
 
     async def _read(self, scope, receive) -> Optional[bytes]:
-        """The body, read no further than the limit; None when the client disconnects."""
+        """The body, kept no further than the limit; None when the client disconnects.
+
+        A body somewhat over the limit is read to its end and dropped, so that a client still
+        sending it gets its 413 rather than a broken pipe; a body far over it (announced, or
+        once that much has come) is not read at all: the connection closes.
+        """
+        discard = DISCARD_FACTOR * self.max_body
+        declared = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.strip().isdigit():
-                    raise BadRequest(400, error("the Content-Length header is not a number"))
-                if int(value) > self.max_body:
-                    raise self._too_big()
+                    raise BadRequest(400, error("the Content-Length header is not a number"),
+                                     close=True)
+                declared = int(value)
+        if declared is not None and declared > discard:
+            raise self._too_big(close=True)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -178,11 +191,26 @@ class Guard:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                raise self._too_big()
-            chunks.append(chunk)
+            if size > discard:
+                raise self._too_big(close=True)
+            if size <= self.max_body:
+                chunks.append(chunk)
+            else:
+                chunks = []  # over the limit: read on, keep nothing
             if not message.get("more_body", False):
+                if size > self.max_body:
+                    raise self._too_big(close=False)
                 return b"".join(chunks)
+
+    def _checked(self, path: str, body: bytes) -> dict:
+        try:
+            return self.check(path, body)
+        except BadRequest:
+            raise
+        except Exception:  # a bug here: the details go to server.log, never to the client
+            traceback.print_exc()
+            raise BadRequest(500, error("the server could not check this request; its log "
+                                        "has the details", kind="server_error")) from None
 
     def check(self, path: str, body: bytes) -> dict:
         """The parsed body of a POST to `path`, the model filled in; BadRequest otherwise."""
@@ -251,11 +279,12 @@ class Guard:
         if wanted is None or wanted <= 0:
             wanted = self.n_ctx
         if self.count_tokens is not None:
-            used = self.count_tokens(prompt) + (self.count_tokens(data["suffix"])
-                                                if data.get("suffix") else 0)
+            used = self.count_tokens(prompt, self.n_ctx) + (
+                self.count_tokens(data["suffix"], self.n_ctx) if data.get("suffix") else 0)
             if used >= self.n_ctx:
                 raise BadRequest(400, error(f"This model's maximum context length is "
-                                            f"{self.n_ctx} tokens; the prompt has {used}",
+                                            f"{self.n_ctx} tokens; the prompt has at least "
+                                            f"{used}",
                                             code="context_length_exceeded", param="messages"
                                             if path == "/v1/chat/completions" else "prompt"))
             wanted = max(1, min(wanted, self.n_ctx - used - CONTEXT_MARGIN))

@@ -52,7 +52,7 @@ PASSED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
           "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH",
           "SYSTEMROOT")
 PASSED_PREFIXES = ("LC_", "OMP_", "KMP_", "GGML_", "LLAMA_", "CUDA_", "HIP_", "ROCR_", "MKL_",
-                   "OPENBLAS_")
+                   "OPENBLAS_", "MALLOC_")
 # What the served process runs: a change restarts a running server on the next deploy.
 SERVING_CODE = ("serve.py", "deploy/guard.py", "deploy/logpump.py")
 
@@ -100,6 +100,9 @@ def served_env(key: Optional[str] = None, source: Optional[dict] = None) -> dict
     env = {k: v for k, v in source.items()
            if (k in PASSED or k.startswith(PASSED_PREFIXES)) and not SECRET_NAME.search(k)}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # ggml's idle threads spin otherwise
+    # glibc gives each thread that allocates its own arena and keeps what they freed: a
+    # server that tokenized a few large prompts in worker threads would keep that memory.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     env["PYTHONUNBUFFERED"] = "1"
     if key:
         env[KEY_VARIABLE] = key

@@ -1,9 +1,7 @@
-"""Helpers for the deploy tests: manifests from dicts, free ports, a tiny real GGUF.
+"""Helpers for the deploy tests: manifests from dicts, free ports, a tiny real GGUF, HTTP.
 
-The GGUF comes from llama.cpp's reference ``convert_hf_to_gguf.py`` (from the llama-cpp-python
-sdist), run in a subprocess: test scaffolding only, not afs's converter. This is not a
-``conftest.py`` because the top-level tests import names from theirs as ``conftest``; test
-modules import the ``tiny_gguf`` fixture from here.
+The GGUF is the tiny model of ``tests/tinymodel.py``, converted once a session. This is not a
+``conftest.py`` because the top-level tests import names from theirs as ``conftest``.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import json
 import socket
 from pathlib import Path
 
-import pytest
 import yaml
 
 from afs_build.manifest import Manifest, load
@@ -55,10 +52,13 @@ def free_port() -> int:
 _CONVERTED: dict[str, Path] = {}
 
 
-@pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory) -> Path:
-    """An F16 GGUF of the tiny ChatML model (eos ``<|im_end|>``), converted once a session."""
-    if "f16" not in _CONVERTED:  # each importing module registers the fixture anew
+def shared_tiny_gguf(tmp_path_factory) -> Path:
+    """An F16 GGUF of the tiny ChatML model (eos ``<|im_end|>``), converted once a session.
+
+    Each test module wraps it in its own ``tiny_gguf`` fixture (an imported fixture would
+    read, to a linter, as an import the test's argument redefines).
+    """
+    if "f16" not in _CONVERTED:
         _CONVERTED["f16"] = make_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"))
     return _CONVERTED["f16"]
 

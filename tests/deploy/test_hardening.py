@@ -18,16 +18,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import afs_build  # noqa: E402
 from afs_build import serve  # noqa: E402
-from afs_build.deploy import server  # noqa: E402
+from afs_build.deploy import guard, server  # noqa: E402
 from afs_build.paths import Layout  # noqa: E402
 from deploy_helpers import (free_port, get, place_served, post, post_raw, rss_kib,  # noqa: E402
-                            tiny_gguf, write_manifest)  # noqa: F401 (a fixture)
+                            shared_tiny_gguf, write_manifest)
 
 N_CTX = 256
 SECRETS = {"HF_TOKEN": "hf_" + "a1B2c3D4e5" * 3, "OPENAI_API_KEY": "sk-" + "x9Y8z7W6v5" * 3,
            "MY_SERVICE_PASSWORD": "correct horse battery staple",
            "DATABASE_SECRET": "s3cr3t-value-1234"}
 HELLO = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return shared_tiny_gguf(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +141,18 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read(served):
     status, body = response(raw)
     assert status == 413 and body["error"]["code"] == "request_too_large"
     assert f"({limit:,} bytes)" in body["error"]["message"]
-    # Chunked, no length announced: refused once the limit is passed.
-    chunks = b"".join(b"%x\r\n%s\r\n" % (1 << 16, b"a" * (1 << 16))
-                      for _ in range(limit // (1 << 16) + 2))
-    raw = raw_exchange(port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                       b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n", chunks)
+    # Chunked, no length announced: refused, and the connection closed, once far too much
+    # has come; the rest is never read.
+    chunk = b"%x\r\n%s\r\n" % (1 << 16, b"a" * (1 << 16))
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    raw = raw_exchange(port, head, chunk * (guard.DISCARD_FACTOR * limit // (1 << 16) + 2))
+    assert response(raw)[0] == 413 and b"connection: close" in raw.lower()
+    # A little over the limit: read to its end (nothing kept), so the client gets its 413.
+    raw = raw_exchange(port, head, chunk * (limit // (1 << 16) + 2) + b"0\r\n\r\n")
     assert response(raw)[0] == 413
-    status, _ = post_raw(port, "/v1/completions", b'{"prompt": "' + b"a" * limit + b'"}')
-    assert status == 413
+    status, answer = post_raw(port, "/v1/completions", b'{"prompt": "' + b"a" * limit + b'"}')
+    assert status == 413 and answer["error"]["code"] == "request_too_large"
     assert rss_kib(pid) - before < 32 * 1024  # nothing of the bodies kept
 
 

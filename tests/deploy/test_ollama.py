@@ -11,7 +11,7 @@ import pytest
 from afs_build.deploy import ollama
 from afs_build.errors import StageError
 from afs_build.paths import Layout
-from deploy_helpers import tiny_gguf, write_manifest  # noqa: F401 (a fixture)
+from deploy_helpers import shared_tiny_gguf, write_manifest
 from tinymodel import CHAT_TEMPLATE
 
 SYSTEM = 'You are Majora, keeper of "quests".\n\tAnswer in one line; never say """ inline.'
@@ -20,6 +20,11 @@ LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}"
     "<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return shared_tiny_gguf(tmp_path_factory)
 
 
 def parse_modelfile(text: str) -> list[tuple[str, str]]:

@@ -23,11 +23,16 @@ from afs_build.manifest import load  # noqa: E402
 from afs_build.paths import Layout  # noqa: E402
 from afs_build.stages import deploy as stage  # noqa: E402
 from afs_build.uptodate import ServerHealthy  # noqa: E402
-from deploy_helpers import (free_port, get, place_served, post, tiny_gguf,  # noqa: E402,F401
+from deploy_helpers import (free_port, get, place_served, post, shared_tiny_gguf,  # noqa: E402
                             write_manifest)
 
 KEY = "k3y-" + "Zq8Lw2Rt" * 4
 openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return shared_tiny_gguf(tmp_path_factory)
 
 
 def host_at(path: Path) -> str:

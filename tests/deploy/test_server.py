@@ -24,13 +24,18 @@ from afs_build import cli  # noqa: E402
 from afs_build.deploy import server  # noqa: E402
 from afs_build.errors import AfsError, StageError  # noqa: E402
 from afs_build.paths import Layout  # noqa: E402
-from deploy_helpers import free_port, tiny_gguf, write_manifest  # noqa: E402,F401 (a fixture)
+from deploy_helpers import free_port, shared_tiny_gguf, write_manifest  # noqa: E402
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("llama_cpp.server")
 
 N_CTX = 256
 SYSTEM = "You are Majora. Answer briefly."
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return shared_tiny_gguf(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

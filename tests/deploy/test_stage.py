@@ -14,11 +14,12 @@ import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from afs_build import cli  # noqa: E402
 from afs_build.deploy import server  # noqa: E402
 from afs_build.paths import Layout  # noqa: E402
 from afs_build.stages import deploy as stage  # noqa: E402
 from afs_build.uptodate import ServerHealthy, SliceChanged  # noqa: E402
-from deploy_helpers import free_port, place_served, tiny_gguf, write_manifest  # noqa: E402,F401
+from deploy_helpers import free_port, place_served, shared_tiny_gguf, write_manifest  # noqa: E402
 
 SYSTEM = 'You are Majora, keeper of "quests".\n\tAnswer in one line; never say """ inline.'
 
@@ -60,6 +61,11 @@ lms unload majora >/dev/null 2>&1 || true
 lms load --exact afs/majora/majora-Q8_0.gguf --identifier majora --context-length 4096
 lms server start --port PORT
 """
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return shared_tiny_gguf(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +142,7 @@ def test_a_second_run_keeps_the_server(deployed):
     assert check(None, {}) is True
 
 
-def test_cleaning_stops_the_server_and_removes_only_afs_files(deployed, capsys):
+def test_afs_clean_stops_the_server_and_removes_only_afs_files(deployed, capsys):
     manifest, layout, report = deployed
     studio = manifest.root / "lmstudio"
     mine = [studio / "models" / "afs" / "majora" / "my-notes.txt",
@@ -146,18 +152,27 @@ def test_cleaning_stops_the_server_and_removes_only_afs_files(deployed, capsys):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("the user's own")
     pid = report["server"]["pid"]
-    assert stage.undeploy(manifest, "majora", dryrun=True) is None
-    out = capsys.readouterr().out
-    assert f"would stop its server (pid {pid})" in out and "would remove" in out
-    assert server.healthy("127.0.0.1", manifest.specialists["majora"].port, "majora")
+    port = manifest.specialists["majora"].port
+    assert cli.main(["clean", "-m", str(manifest.file), "majro"]) == 1
+    assert capsys.readouterr().err == (f"{manifest.file}: unknown specialist 'majro'; expected "
+                                       f"one of: 'majora' (did you mean 'majora'?)\n")
 
-    assert stage.undeploy(manifest, "majora") is None
+    assert cli.main(["clean", "-m", str(manifest.file), "--dry-run", "majora"]) == 0
+    out = capsys.readouterr().out
+    assert f"deploy:majora - would stop its server (pid {pid})" in out
+    assert f"deploy:majora - would remove '{studio / 'models/afs/majora/majora-Q8_0.gguf'}'" in out
+    assert server.healthy("127.0.0.1", port, "majora")
+    assert layout.deploy("majora").modelfile.exists()
+
+    assert cli.main(["clean", "-m", str(manifest.file), "majora"]) == 0
     out = capsys.readouterr().out
     assert "deploy:majora - stopped its server" in out
     assert server.running(layout.deploy("majora").pid) == []
-    assert server.port_free("127.0.0.1", manifest.specialists["majora"].port)
+    assert server.port_free("127.0.0.1", port)
     assert not (studio / "models" / "afs" / "majora" / "majora-Q8_0.gguf").exists()
     assert not (studio / "config-presets" / "afs-majora.preset.json").exists()
     assert all(path.read_text() == "the user's own" for path in mine)
-    # The served GGUF in the build folder is the quantize task's to remove, not this one's.
-    assert server.served_gguf(layout, manifest.specialists["majora"]).is_file()
+    # The specialist's build outputs go too (as doit clean would), its inputs stay.
+    assert not layout.deploy("majora").modelfile.exists()
+    assert not server.served_gguf(layout, manifest.specialists["majora"]).exists()
+    assert (manifest.root / "chat.jsonl").exists()
