@@ -291,8 +291,12 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
         if code is not None:
             _forget(pid_file, proc.pid)
             _drain(pump)
+            tail = _tail(log_file, offset)
+            hint = ("\nThe server runs afs from its installed package: install afs (pip install "
+                    ".) in this Python, or set PYTHONPATH to its source folder"
+                    if "No module named 'afs_build" in tail else "")
             raise StageError(f"the server for specialist {name} exited with code {code} before "
-                             f"it was ready; the end of {log_file}:\n{_tail(log_file, offset)}")
+                             f"it was ready; the end of {log_file}:\n{tail}{hint}")
         if healthy(host, port, name, timeout=1.0, key=key):
             return {**record, "action": action}
         if time.monotonic() > deadline:

@@ -125,15 +125,15 @@ def undeploy(manifest: Manifest, name: str, dryrun: bool = False):
                 print(f"{NAME}:{name} - would remove '{path}'")
             return None
         if not files.folder.exists():  # no deploy can be running; a server may still be
-            stopped = server.stop_one(layout, name)
-        else:
-            with processes.locked(files.lock, lambda: print(
-                    f"{NAME}:{name} - waiting for a run deploying it ({files.lock})")):
-                stopped = server.stop_one(layout, name)
-                for path in lmstudio.remove_installed(files.installed):
-                    print(f"{NAME}:{name} - removing '{path}'")
-        if stopped:
-            print(f"{NAME}:{name} - stopped its server")
+            if server.stop_one(layout, name):
+                print(f"{NAME}:{name} - stopped its server")
+            return None
+        with processes.locked(files.lock, lambda: print(
+                f"{NAME}:{name} - waiting for a run deploying it ({files.lock})")):
+            if server.stop_one(layout, name):
+                print(f"{NAME}:{name} - stopped its server")
+            for path in lmstudio.remove_installed(files.installed):
+                print(f"{NAME}:{name} - removing '{path}'")
     except (AfsError, OSError) as err:
         return TaskFailed(f"cleaning {NAME}:{name}: {err}")
     return None
