@@ -221,7 +221,7 @@ CHECKS = (check_models, check_specialists, check_ports, check_mixes, check_sourc
 
 def warnings(data: dict, pos: Positions) -> list[Problem]:
     """What is valid but risky (printed by ``afs validate``, not an error)."""
-    from .deploy.guard import is_loopback
+    from .deploy.access import is_loopback
 
     out = []
     deploy = data.get("deploy") or {}

@@ -228,8 +228,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
     if any(r["state"] == "unauthorized" for r in rows):
+        from .deploy.access import key_variable
+
         print(f"(unauthorized: the server answers but wants the API key; set "
-              f"{server.key_variable(manifest.deploy)} to check it)", file=sys.stderr)
+              f"{key_variable(manifest.deploy)} to check it)", file=sys.stderr)
     return 0
 
 

@@ -134,6 +134,7 @@ def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", p
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     from .deploy.guard import Guard
+    from .deploy.request_checks import RequestChecker
 
     os.environ.pop("CONFIG_FILE", None)  # create_app would read its settings from there instead
     extra = {"n_threads": n_threads} if n_threads else {}
@@ -146,9 +147,10 @@ def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", p
     app = create_app(server_settings=ServerSettings(host=host, port=port, interrupt_requests=False),
                      model_settings=[settings])
     vocabulary = Vocabulary(model)
-    return Guard(app, alias, api_key=api_key, n_vocab=n_vocab, n_ctx=n_ctx,
-                 grammar_ok=vocabulary.parses, count_tokens=vocabulary.count,
-                 render_chat=formatter, max_body=max_body or max_body_bytes(n_ctx))
+    checker = RequestChecker(alias, n_ctx=n_ctx, n_vocab=n_vocab, grammar_ok=vocabulary.parses,
+                             count_tokens=vocabulary.count, render_chat=formatter)
+    return Guard(app, alias, api_key=api_key, checker=checker,
+                 max_body=max_body or max_body_bytes(n_ctx))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -166,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pid-file", default="", help="the pid file afs keeps for this server")
     parser.add_argument("--token", default="", help="marks a server afs started (afs stop)")
     args = parser.parse_args(argv)
-    from .deploy.guard import is_loopback
+    from .deploy.access import is_loopback
 
     # Read once and dropped from the environment: nothing else in this process needs it.
     api_key = os.environ.pop(KEY_VARIABLE, "") or None

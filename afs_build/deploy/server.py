@@ -36,77 +36,18 @@ from typing import Any, Callable, Iterable, Optional
 
 from ..atomic import write_json
 from ..errors import AfsError, StageError, one_of, suggest
-from ..manifest import Deploy, Manifest, Specialist
+from ..manifest import Manifest, Specialist
 from ..paths import Layout
 from . import processes
-from .guard import is_loopback
+from .access import client_key, served_env
 
 TOKEN_PREFIX = "afs-serve-"
 GRACE_SECONDS = 10.0
 PORT_WAIT_SECONDS = 2.0
 LOG_TAIL_LINES = 20
-KEY_VARIABLE = "AFS_API_KEY"  # the default variable; also the name the server reads it from
-MIN_KEY_LENGTH = 16
-# The served process's environment: these names and prefixes, minus anything secret-named.
-PASSED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
-          "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH",
-          "SYSTEMROOT")
-PASSED_PREFIXES = ("LC_", "OMP_", "KMP_", "GGML_", "LLAMA_", "CUDA_", "HIP_", "ROCR_", "MKL_",
-                   "OPENBLAS_", "MALLOC_")
 # What the served process runs: a change restarts a running server on the next deploy.
-SERVING_CODE = ("serve.py", "deploy/guard.py", "deploy/logpump.py")
-
-
-# --- the API key and the environment ---------------------------------------------------------
-
-
-def key_variable(deploy: Deploy) -> str:
-    """The environment variable the API key is read from."""
-    return deploy.api_key_env or KEY_VARIABLE
-
-
-def api_key(manifest: Manifest) -> Optional[str]:
-    """The key the servers require, or None (loopback, and no ``deploy.api_key_env``).
-
-    Beyond loopback a key is required: StageError when its variable is unset or too short.
-    """
-    deploy = manifest.deploy
-    if is_loopback(deploy.host) and deploy.api_key_env is None:
-        return None
-    name = key_variable(deploy)
-    value = os.environ.get(name, "")
-    why = (f"deploy.host is {deploy.host!r}, reachable from other machines"
-           if not is_loopback(deploy.host) else f"deploy.api_key_env names {name}")
-    if not value:
-        raise StageError(f"{manifest.file}: {why}, so the servers require an API key; set "
-                         f"{name} in the environment (clients send it as their API key)")
-    if len(value) < MIN_KEY_LENGTH:
-        raise StageError(f"{manifest.file}: the API key in {name} has {len(value)} characters; "
-                         f"expected at least {MIN_KEY_LENGTH} (for example: python -c 'import "
-                         f"secrets; print(secrets.token_urlsafe(24))')")
-    return value
-
-
-def client_key(deploy: Deploy) -> Optional[str]:
-    """The key a client on this machine sends (health checks, status): the variable's value."""
-    return os.environ.get(key_variable(deploy)) or None
-
-
-def served_env(key: Optional[str] = None, source: Optional[dict] = None) -> dict[str, str]:
-    """The explicit environment of a served process: no secret it does not need."""
-    from ..log import SECRET_NAME
-
-    source = os.environ if source is None else source
-    env = {k: v for k, v in source.items()
-           if (k in PASSED or k.startswith(PASSED_PREFIXES)) and not SECRET_NAME.search(k)}
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # ggml's idle threads spin otherwise
-    # glibc gives each thread that allocates its own arena and keeps what they freed: a
-    # server that tokenized a few large prompts in worker threads would keep that memory.
-    env.setdefault("MALLOC_ARENA_MAX", "2")
-    env["PYTHONUNBUFFERED"] = "1"
-    if key:
-        env[KEY_VARIABLE] = key
-    return env
+SERVING_CODE = ("serve.py", "deploy/access.py", "deploy/guard.py", "deploy/request_checks.py",
+                "deploy/logpump.py")
 
 
 def serving_code() -> str:

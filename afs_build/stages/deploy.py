@@ -47,7 +47,7 @@ def input_files() -> list[str]:
 def tasks(manifest: Manifest) -> Iterator[dict]:
     from doit.task import clean_targets
 
-    from ..deploy.server import key_variable
+    from ..deploy.access import key_variable
 
     layout = Layout.of(manifest)
     for spec in manifest.specialists.values():
@@ -70,8 +70,7 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
 
 @action(NAME)
 def run(manifest: Manifest, name: str) -> None:
-    from ..deploy import lmstudio, ollama, processes, server
-    from ..deploy.guard import is_loopback
+    from ..deploy import access, lmstudio, ollama, processes, server
 
     layout = Layout.of(manifest)
     spec = manifest.specialists[name]
@@ -79,10 +78,10 @@ def run(manifest: Manifest, name: str) -> None:
     gguf = server.served_gguf(layout, spec)
     task = f"{NAME}:{name}"
     host = manifest.deploy.host
-    key = server.api_key(manifest)  # before anything: beyond loopback there must be one
-    if not is_loopback(host):
+    key = access.api_key(manifest)  # before anything: beyond loopback there must be one
+    if not access.is_loopback(host):
         log.event(f"serving on {host}, reachable from other machines; requests need the API "
-                  f"key in {server.key_variable(manifest.deploy)}", task=task, level=logging.WARNING,
+                  f"key in {access.key_variable(manifest.deploy)}", task=task, level=logging.WARNING,
                   specialist=name)
     stamp = digest(manifest, name)
 

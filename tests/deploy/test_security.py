@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from afs_build import cli  # noqa: E402
-from afs_build.deploy import server  # noqa: E402
+from afs_build.deploy import access, server  # noqa: E402
 from afs_build.errors import ManifestError, StageError  # noqa: E402
 from afs_build.manifest import load  # noqa: E402
 from afs_build.paths import Layout  # noqa: E402
@@ -97,9 +97,9 @@ def test_beyond_loopback_the_key_is_required_before_anything_is_served(tmp_path,
     assert not deploy.pid.exists() and not deploy.report.exists()
     monkeypatch.setenv("AFS_API_KEY", "short")
     with pytest.raises(StageError, match="has 5 characters; expected at least 16"):
-        server.api_key(manifest)
+        access.api_key(manifest)
     monkeypatch.setenv("AFS_API_KEY", KEY)
-    assert server.api_key(manifest) == KEY
+    assert access.api_key(manifest) == KEY
 
 
 def test_serve_refuses_a_host_beyond_loopback_without_a_key(tiny_gguf):
