@@ -6,6 +6,7 @@ so the user sees every problem at once. File checks only ``stat`` (no reading, n
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -217,5 +218,47 @@ def check_sequence_room(data: dict, pos: Positions, root: Path) -> Iterator[Prob
                               f"(an answer of {MIN_ANSWER_TOKENS} tokens), or a shorter system_prompt")
 
 
+HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address nor a host name (None when it is one)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) <= 253 and all(HOST_LABEL.match(label) for label in labels) \
+            and not all(label.isdigit() for label in labels):
+        return None
+    return (f"expected an IP address (127.0.0.1 for this machine only, 0.0.0.0 for every "
+            f"interface) or a host name, got {host!r}")
+
+
+def check_deploy(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
+    why = host_problem(data["deploy"]["host"])
+    if why:
+        yield pos.problem(("deploy", "host"), why)
+
+
 CHECKS = (check_models, check_specialists, check_ports, check_mixes, check_sources,
-          check_hardware_fit, check_eval, check_sequence_room)
+          check_hardware_fit, check_eval, check_sequence_room, check_deploy)
+
+
+def warnings(data: dict, pos: Positions) -> list[Problem]:
+    """What is valid but risky (printed by ``afs validate``, not an error)."""
+    from .deploy.access import is_loopback
+
+    out = []
+    deploy = data.get("deploy") or {}
+    host = deploy.get("host", "127.0.0.1")
+    if isinstance(host, str) and not is_loopback(host):
+        variable = deploy.get("api_key_env") or "AFS_API_KEY"
+        out.append(pos.problem(("deploy", "host"), f"warning: {host!r} serves the specialists "
+                               f"to other machines, not only this one; every request then "
+                               f"needs the API key from {variable} (set it before deploying), "
+                               f"and traffic is not encrypted (HTTP)"))
+    return out

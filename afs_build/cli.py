@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("doit_args", nargs=argparse.REMAINDER, help="doit options and task names")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("status", help="each specialist's server: port, file, pid, healthy/down/stopped")
+    p = sub.add_parser("status", help="each specialist's server: port, file, pid, "
+                       "healthy/unauthorized/down/stopped")
     p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
     p.set_defaults(func=cmd_status)
 
@@ -76,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="specialists to show (default: all trained)")
     p.add_argument("--json", action="store_true", help="print the comparisons as JSON")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("clean", help="remove what the build made for the named specialists (default: "
+                       "everything, as doit clean): stop their servers, remove what afs put in LM "
+                       "Studio's folder, remove their build outputs")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="say what would go; remove nothing")
+    p.add_argument("names", nargs="*", metavar="NAME", help="specialists to clean (default: all)")
+    p.set_defaults(func=cmd_clean)
     return parser
 
 
@@ -89,14 +98,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if path.suffix == ".json":
                 what = _validate_schema_file(path)
             else:
-                manifest = load(path)
+                manifest = load(path, name)
                 what = (f"{len(manifest.specialists)} specialists, {len(manifest.sources)} sources, "
                         f"{len(manifest.mixes)} mixes")
+                _print_warnings(path, name)
             print(f"{name}: valid ({what})")
         except AfsError as err:
             failed = True
             print(err.render(), file=sys.stderr)
     return EXIT_INVALID if failed else 0
+
+
+def _print_warnings(path: Path, name: str) -> None:
+    """What is valid but risky in a manifest, as ``FILE:LINE:COL: key: warning: ...`` lines."""
+    from . import checks, yamlload
+
+    raw, positions = yamlload.load_yaml(path, name)
+    for problem in checks.warnings(raw if isinstance(raw, dict) else {}, positions):
+        print(problem, file=sys.stderr)
 
 
 def _validate_schema_file(path: Path) -> str:
@@ -208,11 +227,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     manifest = load(args.manifest)
     rows = server.status(Layout.of(manifest), manifest)
     table = [("SPECIALIST", "PORT", "STATE", "PID", "FILE")] + [
-        (r["specialist"], str(r["port"]), r["state"], "-" if r["pid"] is None else str(r["pid"]),
+        (r["specialist"], str(r["port"]), r["state"],
+         ",".join(map(str, r["pids"])) or ("-" if r["pid"] is None else str(r["pid"])),
          _shown_path(r["file"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    if any(r["state"] == "unauthorized" for r in rows):
+        from .deploy.access import key_variable
+
+        print(f"(unauthorized: the server answers but wants the API key; set "
+              f"{key_variable(manifest.deploy)} to check it)", file=sys.stderr)
     return 0
 
 
@@ -229,8 +254,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from .manifest import load
     from .paths import Layout
 
+    def waiting(name: str) -> None:
+        print(f"waiting for the deploy of {name} in progress to finish...", file=sys.stderr)
+
     manifest = load(args.manifest)
-    stopped = server.stop(Layout.of(manifest), manifest, args.names or None)
+    stopped = server.stop(Layout.of(manifest), manifest, args.names or None, on_wait=waiting)
     print(f"stopped: {', '.join(stopped)}" if stopped else "no afs server was running")
     return 0
 
@@ -276,3 +304,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
                   f"[{regression['low']:+.2f}, {regression['high']:+.2f}]: {word}")
     return 0
 
+# The stages with one task per specialist: cleaning a specialist cleans these tasks of it.
+SPECIALIST_STAGES = ("mix", "render", "train", "merge", "gguf", "quantize", "deploy", "eval", "compare")
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    from . import graph
+    from .deploy.server import check_names
+    from .manifest import load
+
+    manifest = load(args.manifest)
+    names = check_names(manifest, args.names)
+    chosen = [t["name"] for t in graph.all_tasks(manifest)
+              if t["name"].split(":", 1)[0] in SPECIALIST_STAGES
+              and t["name"].split(":", 1)[1] in names]
+    options = ["--dry-run"] if args.dry_run else []
+    # Later stages first (the server before the files it serves), as doit orders a full clean;
+    # no names: everything, as `doit clean`.
+    code = DoitMain(ModuleTaskLoader(graph.namespace(manifest))).run(
+        ["clean", *options, *reversed(chosen)])
+    return code if isinstance(code, int) else 0

@@ -223,6 +223,7 @@ class Deploy:
     host: str
     lmstudio_dir: str
     publisher: str
+    api_key_env: Optional[str]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ Everything goes under the project's build folder (``project.build_dir``)::
                                     post/: merge.json, <name>-F16.gguf, gguf.json,
                                     <name>-Q8_0.gguf ..., quantize.json
                                     deploy/: Modelfile, lmstudio.sh, preset.json, server.pid,
-                                    server.log, deploy.json
+                                    server.log, deploy.json, lmstudio.json (what afs put in
+                                    LM Studio's folder), deploy.lock
                                     eval/: results.jsonl, summary.json
                                     compare/: base.jsonl, quants.jsonl, compare.json,
                                     history.jsonl
@@ -184,6 +185,16 @@ class DeployFiles:
     @property
     def report(self) -> Path:
         return self.folder / "deploy.json"
+
+    @property
+    def installed(self) -> Path:
+        """The files and folders afs put in LM Studio's folder (what cleaning removes)."""
+        return self.folder / "lmstudio.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held while deploying, cleaning or stopping this specialist (one run at a time)."""
+        return self.folder / "deploy.lock"
 
 
 @dataclass(frozen=True)

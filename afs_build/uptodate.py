@@ -122,13 +122,17 @@ class ServerHealthy:
     """doit ``uptodate``: false while a specialist's server is not answering, so that running
     the deploy task again restarts a crashed server."""
 
-    def __init__(self, host: str, port: int, alias: str):
+    def __init__(self, host: str, port: int, alias: str, key_variable: str | None = None):
         self.host, self.port, self.alias = host, port, alias
+        self.key_variable = key_variable  # the name only: the key is read when checking
 
     def __call__(self, task, values) -> bool:
+        import os
+
         from .deploy.server import healthy
 
-        return healthy(self.host, self.port, self.alias)
+        key = os.environ.get(self.key_variable) if self.key_variable else None
+        return healthy(self.host, self.port, self.alias, key=key or None)
 
     def __repr__(self) -> str:
         return f"ServerHealthy({self.alias!r})"

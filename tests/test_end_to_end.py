@@ -40,9 +40,11 @@ def free_port() -> int:
 
 
 def doit(root, *args, ok: bool = True) -> set[str]:
+    # HOME inside the test's folder too: nothing may land in the user's real ~/.lmstudio.
     result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
                             cwd=root, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "AFS_MANIFEST": "afs.yaml"})
+                            env={**os.environ, "AFS_MANIFEST": "afs.yaml",
+                                 "HOME": str(root / "home")})
     assert (result.returncode == 0) is ok, result.stdout[-4000:] + result.stderr[-4000:]
     if not ok:
         return result.stdout + result.stderr
@@ -76,6 +78,8 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
         "system_prompt": "You answer briefly."}}
     minimal["mixes"]["general"]["samples"] = 16
     minimal["eval"] = {"suite": "suite.jsonl", "judges": ["alpha"]}
+    lmstudio = project.root / "lmstudio" / "models"
+    minimal["deploy"] = {"lmstudio_dir": str(lmstudio)}
     rows = "".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in FACTS)
     suite = "".join(json.dumps(q) + "\n" for q in SUITE)
     path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
@@ -103,6 +107,8 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
             "alpha-F16.gguf", "alpha-Q4_K_M.gguf", "alpha-Q8_0.gguf", "gguf.json", "merge.json",
             "quantize.json"]
         assert (project.root / "build/specialists/alpha/deploy/Modelfile").exists()
+        assert (lmstudio / "afs" / "alpha" / "alpha-Q8_0.gguf").is_file()
+        assert (lmstudio.parent / "config-presets" / "afs-alpha.preset.json").is_file()
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         reply = client.chat.completions.create(

@@ -141,8 +141,11 @@ def _sampling_value(value: float) -> str:
 
 
 def context(manifest: Manifest, specialist: str, gguf: Path, modelfile: Path,
-            info: ChatInfo) -> dict[str, Any]:
-    """The template context: every value already in Modelfile syntax (strings quoted)."""
+            info: ChatInfo, digest: str) -> dict[str, Any]:
+    """The template context: every value already in Modelfile syntax (strings quoted).
+
+    `digest` names the settings the file was written from (the deploy task's slice digest).
+    """
     spec = manifest.specialists[specialist]
     key = f"specialists.{specialist}"
     family = require_family(info.template, str(gguf))
@@ -152,7 +155,7 @@ def context(manifest: Manifest, specialist: str, gguf: Path, modelfile: Path,
         "title": _one_line(spec.title),
         "role": _one_line(spec.role),
         "manifest_file": _one_line(manifest.file.name),
-        "manifest_digest": manifest.digest,
+        "digest": digest,
         "family": family.name,
         # Ollama resolves a relative FROM against the Modelfile's folder.
         "from_path": bare_or_quoted(rel, f"{key}: the GGUF path {rel}"),
@@ -185,13 +188,13 @@ def render(ctx: dict[str, Any]) -> str:
 
 
 def write_modelfile(manifest: Manifest, specialist: str, gguf: Path, modelfile: Path,
-                    info: Optional[ChatInfo] = None) -> Path:
+                    digest: str, info: Optional[ChatInfo] = None) -> Path:
     """Write `specialist`'s Modelfile (FROM `gguf`, relative to the Modelfile), atomically.
 
     `info` defaults to what `gguf` itself says (:func:`chat_info`).
     """
     info = info if info is not None else chat_info(Path(gguf))
-    text = render(context(manifest, specialist, Path(gguf), Path(modelfile), info))
+    text = render(context(manifest, specialist, Path(gguf), Path(modelfile), info, digest))
     with atomic_path(Path(modelfile)) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(modelfile)

@@ -1,25 +1,30 @@
 """Run each specialist's OpenAI-compatible server in the background; report on them; stop them.
 
 Each server is ``python -m afs_build.serve`` (see :mod:`afs_build.serve`) in its own session,
-logging to ``server.log``, with a pid file (JSON) beside it::
+with its output piped through :mod:`afs_build.deploy.logpump` (redacted) into ``server.log``,
+and a pid file (JSON) beside it::
 
     {"pid": 4242, "port": 5000, "host": "127.0.0.1", "specialist": "majora",
      "gguf": "/abs/majora-Q4_K_M.gguf", "gguf_size": ..., "gguf_mtime_ns": ..., "n_ctx": 2048,
-     "started": "2025-01-01T12:00:00+00:00", "token": "afs-serve-...", "log": "..."}
+     "auth": false, "code": "<digest of the serving code>", "started": "...", "token": "...",
+     "log": "..."}
 
-The token is also on the server's command line (``--token``). afs signals a process only when
-it is alive and its command line carries ``afs_build.serve`` and the pid file's token: a pid
-file left behind, a reused pid or a hand-edited file never gets another program killed.
+The server's command line carries ``--pid-file`` (that file's absolute path), its port and the
+pid file's token. afs finds its servers by that command line (:mod:`.processes`): a pid file
+left behind, a reused pid or a hand-edited file never gets another program killed, and a
+server whose pid file was deleted is still found and stopped.
+
+The process gets an explicit environment: what Python and llama.cpp need, never the caller's
+secrets (``HF_TOKEN``, ``OPENAI_API_KEY``, ...). Its only secret is the API key when it has
+one (``AFS_API_KEY`` in its environment, never on its command line).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -27,99 +32,29 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from ..atomic import write_json
 from ..errors import AfsError, StageError, one_of, suggest
 from ..manifest import Manifest, Specialist
 from ..paths import Layout
+from . import processes
+from .access import client_key, served_env
 
 TOKEN_PREFIX = "afs-serve-"
 GRACE_SECONDS = 10.0
 PORT_WAIT_SECONDS = 2.0
 LOG_TAIL_LINES = 20
+# What the served process runs: a change restarts a running server on the next deploy.
+SERVING_CODE = ("serve.py", "deploy/access.py", "deploy/guard.py", "deploy/request_checks.py",
+                "deploy/logpump.py")
 
 
-# --- processes ------------------------------------------------------------------------------
+def serving_code() -> str:
+    """A digest of the code a served process runs."""
+    from ..uptodate import PACKAGE, file_digest
 
-
-# Servers this process started, kept so that they are reaped when they exit (a zombie would
-# look alive) and Python does not warn about dropping a running child.
-_CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-def _reap(pid: int) -> None:
-    """Collect `pid` if it is our own exited child (else it lingers as a zombie and looks alive)."""
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is not None:
-            del _CHILDREN[pid]
-        return
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _command_line(pid: int) -> Optional[str]:
-    """The running process's command line, or None when it is gone (or a zombie)."""
-    _reap(pid)
-    proc = Path("/proc") / str(pid)
-    if Path("/proc/self").exists():
-        try:
-            stat = (proc / "stat").read_text()
-            # A zombie leader whose other threads still run is still exiting (its sockets are
-            # still open): dead only once it is the last thread left.
-            if stat[stat.rfind(")") + 2:].startswith("Z") and len(os.listdir(proc / "task")) <= 1:
-                return None
-            return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            return None
-    try:  # no /proc (macOS): ask ps
-        out = subprocess.run(["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if not out or out.startswith("Z"):
-        return None
-    return out.split(None, 1)[1] if " " in out else ""
-
-
-def owned(record: dict) -> bool:
-    """Whether the pid file's process is alive and is the afs server that wrote `record`."""
-    pid, token = record.get("pid"), record.get("token")
-    if not isinstance(pid, int) or pid <= 0 or not isinstance(token, str) \
-            or not token.startswith(TOKEN_PREFIX):
-        return False
-    line = _command_line(pid)
-    return line is not None and "afs_build.serve" in line and f"--token {token}" in line
-
-
-def _alive(pid: int) -> bool:
-    return _command_line(pid) is not None
-
-
-def _terminate(pid: int, grace: float = GRACE_SECONDS) -> None:
-    """SIGTERM `pid` (and its session), then SIGKILL after `grace` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            # start() makes each server a session (and group) leader: signal its whole group.
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.05)
-
-
-def read_pid_file(path: Path) -> Optional[dict]:
-    """The pid file's record, or None (missing or unreadable: nothing afs can act on)."""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return "-".join(file_digest(PACKAGE / f)[:8] for f in SERVING_CODE)
 
 
 # --- network --------------------------------------------------------------------------------
@@ -147,19 +82,31 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def healthy(host: str, port: int, alias: str, timeout: float = 2.0) -> bool:
-    """Whether ``/v1/models`` on `host`:`port` answers and lists `alias`."""
+def probe(host: str, port: int, alias: str, timeout: float = 2.0,
+          key: Optional[str] = None) -> str:
+    """``healthy`` (``/v1/models`` lists `alias`), ``unauthorized`` (401) or ``down``."""
     target = connect_host(host)
     if ":" in target:
         target = f"[{target}]"
+    request = urllib.request.Request(f"http://{target}:{port}/v1/models")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(f"http://{target}:{port}/v1/models", timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             data = json.loads(r.read())
-    except (OSError, ValueError, urllib.error.URLError):
-        return False
+    except urllib.error.HTTPError as err:
+        return "unauthorized" if err.code == 401 else "down"
+    except (OSError, ValueError):
+        return "down"
     ids = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)] \
         if isinstance(data, dict) else []
-    return alias in ids
+    return "healthy" if alias in ids else "down"
+
+
+def healthy(host: str, port: int, alias: str, timeout: float = 2.0,
+            key: Optional[str] = None) -> bool:
+    """Whether ``/v1/models`` on `host`:`port` answers and lists `alias`."""
+    return probe(host, port, alias, timeout, key) == "healthy"
 
 
 def _tail(log_file: Path, offset: int, lines: int = LOG_TAIL_LINES) -> str:
@@ -173,6 +120,52 @@ def _tail(log_file: Path, offset: int, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(f"  {line}" for line in kept) if kept else "  (the log is empty)"
 
 
+# --- pid files ------------------------------------------------------------------------------
+
+
+def read_pid_file(path: Path) -> Optional[dict]:
+    """The pid file's record, or None (missing or unreadable: nothing afs can act on)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def owned(record: dict, pid_file: Optional[Path] = None) -> bool:
+    """Whether the record's process is alive and is the afs server that wrote `record`.
+
+    Its command line must run afs's server with the record's token and port (and, given
+    `pid_file`, with that pid file).
+    """
+    pid, token = record.get("pid"), record.get("token")
+    if not isinstance(pid, int) or pid <= 0 or not isinstance(token, str) \
+            or not token.startswith(TOKEN_PREFIX):
+        return False
+    args = processes.argv(pid)
+    if not args or processes.SERVE_MODULE not in args \
+            or processes.option(args, "--token") != token:
+        return False
+    if "port" in record and processes.option(args, "--port") != str(record["port"]):
+        return False
+    return pid_file is None or processes.is_server(args, pid_file)
+
+
+def _forget(pid_file: Path, pid: int) -> None:
+    """Remove the pid file if it still records `pid` (a racing run may have written its own)."""
+    record = read_pid_file(pid_file)
+    if record is not None and record.get("pid") == pid:
+        pid_file.unlink(missing_ok=True)
+
+
+def running(pid_file: Path) -> list[int]:
+    """The pids of the servers afs started for `pid_file`: the pid file's own, then any other
+    found by its command line (a racing run's, whose pid file was lost)."""
+    record = read_pid_file(pid_file)
+    first = [record["pid"]] if record is not None and owned(record, pid_file) else []
+    return first + [pid for pid in processes.servers(pid_file) if pid not in first]
+
+
 # --- start ----------------------------------------------------------------------------------
 
 
@@ -182,32 +175,35 @@ def _gguf_identity(gguf: Path) -> dict[str, Any]:
 
 
 def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: Path,
-          log_file: Path, timeout: float = 60) -> dict:
+          log_file: Path, key: Optional[str] = None, timeout: float = 60) -> dict:
     """Serve `gguf` as `name` on `host`:`port` in the background; return its pid record.
 
     The record carries an ``action``: ``started``; ``restarted`` (afs's server for `name` was
-    serving another GGUF or settings, or had crashed); or ``kept`` (the same GGUF is already
-    served and healthy). Ready means ``/v1/models`` lists `name`; otherwise StageError with
-    the tail of the server's log.
+    serving another GGUF, settings or serving code, or had crashed); or ``kept`` (the same is
+    already served and healthy). Ready means ``/v1/models`` lists `name`; otherwise StageError
+    with the tail of the server's log. Callers hold the specialist's deploy lock.
     """
+    from .. import serve
+
     gguf = Path(gguf).absolute()
-    pid_file, log_file = Path(pid_file), Path(log_file)
+    pid_file, log_file = Path(pid_file).absolute(), Path(log_file).absolute()
     if not gguf.is_file():
         raise StageError(f"cannot serve specialist {name}: {gguf} does not exist; build it "
                          f"first (afs build)")
-    wanted = {**_gguf_identity(gguf), "host": host, "port": port, "n_ctx": n_ctx}
+    wanted = {**_gguf_identity(gguf), "host": host, "port": port, "n_ctx": n_ctx,
+              "auth": key is not None, "code": serving_code()}
     record = read_pid_file(pid_file)
-    action = "started"
-    if record is not None:
-        if owned(record):
-            same = all(record.get(k) == v for k, v in wanted.items())
-            if same and healthy(host, port, name):
-                return {**record, "action": "kept"}
-            _terminate(record["pid"])
-        action = "restarted"
-        pid_file.unlink(missing_ok=True)
-    # A server that has just exited (killed above, or crashed) may hold its socket a moment.
-    deadline = time.monotonic() + (PORT_WAIT_SECONDS if record is not None else 0)
+    pids = running(pid_file)
+    if record is not None and pids[:1] == [record.get("pid")] and len(pids) == 1 \
+            and all(record.get(k) == v for k, v in wanted.items()) \
+            and healthy(host, port, name, key=key):
+        return {**record, "action": "kept"}
+    for pid in pids:
+        processes.terminate(pid, GRACE_SECONDS)
+    action = "restarted" if record is not None or pids else "started"
+    pid_file.unlink(missing_ok=True)
+    # A server that has just exited (stopped above, or crashed) may hold its socket a moment.
+    deadline = time.monotonic() + (PORT_WAIT_SECONDS if action == "restarted" else 0)
     while not port_free(host, port) and time.monotonic() < deadline:
         time.sleep(0.05)
     if not port_free(host, port):
@@ -216,19 +212,16 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
 
     token = TOKEN_PREFIX + secrets.token_hex(8)
     command = [sys.executable, "-m", "afs_build.serve", "--model", str(gguf), "--alias", name,
-               "--host", host, "--port", str(port), "--n-ctx", str(n_ctx), "--token", token]
-    env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
-    # The same interpreter imports the same installed afs_build: no PYTHONPATH patching.
-    env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+               "--host", host, "--port", str(port), "--n-ctx", str(n_ctx),
+               "--max-body-bytes", str(serve.max_body_bytes(n_ctx)),
+               "--pid-file", str(pid_file), "--token", token]
+    env = served_env(key)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     with open(log_file, "ab") as log:
         offset = log.tell()
         log.write(f"--- afs: {started} serving {gguf} as {name} on {host}:{port}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    _CHILDREN[proc.pid] = proc
+    proc, pump = _spawn(command, env, log_file)
     record = {"pid": proc.pid, "specialist": name, **wanted, "started": started,
               "token": token, "log": str(log_file)}
     write_json(pid_file, record)
@@ -237,19 +230,52 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
     while True:
         code = proc.poll()
         if code is not None:
-            _CHILDREN.pop(proc.pid, None)
-            pid_file.unlink(missing_ok=True)
+            _forget(pid_file, proc.pid)
+            _drain(pump)
+            tail = _tail(log_file, offset)
+            hint = ("\nThe server runs afs from its installed package: install afs (pip install "
+                    ".) in this Python, or set PYTHONPATH to its source folder"
+                    if "No module named 'afs_build" in tail else "")
             raise StageError(f"the server for specialist {name} exited with code {code} before "
-                             f"it was ready; the end of {log_file}:\n{_tail(log_file, offset)}")
-        if healthy(host, port, name, timeout=1.0):
+                             f"it was ready; the end of {log_file}:\n{tail}{hint}")
+        if healthy(host, port, name, timeout=1.0, key=key):
             return {**record, "action": action}
         if time.monotonic() > deadline:
-            _terminate(proc.pid, grace=5.0)
-            pid_file.unlink(missing_ok=True)
+            processes.terminate(proc.pid, 5.0)
+            _forget(pid_file, proc.pid)
+            _drain(pump)
             raise StageError(f"the server for specialist {name} on port {port} was not ready "
                              f"within {timeout:g} s; the end of {log_file}:\n"
                              f"{_tail(log_file, offset)}")
         time.sleep(0.1)
+
+
+def _spawn(command: list[str], env: dict, log_file: Path):
+    """Start the server with its output piped through the redacting log pump."""
+    # The working folder is the deploy folder: `python -m` puts it first on sys.path, and
+    # afs must come from the installed package, not from wherever the build was started.
+    cwd = log_file.parent
+    read, write = os.pipe()
+    try:
+        pump = subprocess.Popen([sys.executable, "-m", "afs_build.deploy.logpump", str(log_file)],
+                                stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env, cwd=cwd, start_new_session=True)
+        processes.adopt(pump)
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=write, stderr=write,
+                                env=env, cwd=cwd, start_new_session=True)
+        processes.adopt(proc)
+    finally:
+        os.close(read)
+        os.close(write)
+    return proc, pump
+
+
+def _drain(pump: subprocess.Popen) -> None:
+    """Wait a moment for the log pump to write a stopped server's last lines."""
+    try:
+        pump.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 # --- status and stop ------------------------------------------------------------------------
@@ -266,27 +292,37 @@ def served_gguf(layout: Layout, spec: Specialist) -> Path:
 
 
 def status(layout: Layout, manifest: Manifest) -> list[dict]:
-    """One row per specialist: port, file, pid and state (``healthy``, ``down``, ``stopped``).
+    """One row per specialist: port, file, pids and state.
 
-    ``down`` means a pid file says the server should run but it is gone or does not answer.
+    ``healthy``: it answers and lists its name; ``unauthorized``: it answers 401 (this shell
+    lacks the API key); ``down``: afs's server runs but does not answer, or the pid file says
+    it should run but it is gone; ``stopped``: none runs.
     """
     rows = []
+    key = client_key(manifest.deploy)
     for spec in manifest.specialists.values():
-        record = read_pid_file(layout.deploy(spec.name).pid)
+        pid_file = layout.deploy(spec.name).pid
+        record = read_pid_file(pid_file)
+        pids = running(pid_file)
         row = {"specialist": spec.name, "port": spec.port,
-               "file": str(served_gguf(layout, spec)), "pid": None,
-               "alive": False, "healthy": False, "state": "stopped"}
-        if record is not None:
-            alive = owned(record)
-            port = record.get("port", spec.port)
-            ok = alive and healthy(record.get("host", manifest.deploy.host), port, spec.name)
-            row.update(port=port, file=record.get("gguf", row["file"]), pid=record.get("pid"),
-                       alive=alive, healthy=ok, state="healthy" if ok else "down")
+               "file": str(served_gguf(layout, spec)), "pid": None, "pids": pids,
+               "alive": bool(pids), "healthy": False, "state": "stopped"}
+        if pids:
+            args = processes.argv(pids[0]) or []
+            port = int(processes.option(args, "--port") or spec.port)
+            host = processes.option(args, "--host") or manifest.deploy.host
+            state = probe(host, port, spec.name, key=key)
+            row.update(port=port, file=processes.option(args, "--model") or row["file"],
+                       pid=pids[0], healthy=state == "healthy", state=state)
+        elif record is not None:
+            row.update(port=record.get("port", spec.port), file=record.get("gguf", row["file"]),
+                       pid=record.get("pid"), state="down")
         rows.append(row)
     return rows
 
 
-def _check_names(manifest: Manifest, names: Iterable[str]) -> list[str]:
+def check_names(manifest: Manifest, names: Iterable[str]) -> list[str]:
+    """`names`, each a specialist of `manifest`; AfsError with a suggestion otherwise."""
     names = list(names)
     for name in names:
         if name not in manifest.specialists:
@@ -295,19 +331,32 @@ def _check_names(manifest: Manifest, names: Iterable[str]) -> list[str]:
     return names
 
 
-def stop(layout: Layout, manifest: Manifest, names: Optional[Iterable[str]] = None) -> list[str]:
+def stop_one(layout: Layout, name: str) -> bool:
+    """Stop every server afs started for specialist `name`; whether there was one.
+
+    Callers hold the specialist's deploy lock. The pid file goes too; a pid file whose
+    process is not afs's server is removed without signalling anything.
+    """
+    pid_file = layout.deploy(name).pid
+    pids = running(pid_file)
+    for pid in pids:
+        processes.terminate(pid, GRACE_SECONDS)
+    pid_file.unlink(missing_ok=True)
+    return bool(pids)
+
+
+def stop(layout: Layout, manifest: Manifest, names: Optional[Iterable[str]] = None,
+         on_wait: Optional[Callable[[str], None]] = None) -> list[str]:
     """Stop the servers afs started for `names` (default: all); return those it stopped.
 
-    Pid files are removed; a pid file whose process is not afs's server is removed without
-    signalling anything.
+    Each specialist's deploy lock is taken first, so a deploy in progress finishes (and its
+    server is then stopped) rather than starting a server after the stop.
     """
-    chosen = _check_names(manifest, names) if names else list(manifest.specialists)
+    chosen = check_names(manifest, names) if names else list(manifest.specialists)
     stopped = []
     for name in chosen:
-        pid_file = layout.deploy(name).pid
-        record = read_pid_file(pid_file)
-        if record is not None and owned(record):
-            _terminate(record["pid"])
-            stopped.append(name)
-        pid_file.unlink(missing_ok=True)
+        files = layout.deploy(name)
+        with processes.locked(files.lock, on_wait and (lambda name=name: on_wait(name))):
+            if stop_one(layout, name):
+                stopped.append(name)
     return stopped

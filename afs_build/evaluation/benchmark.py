@@ -21,6 +21,13 @@ from ..errors import StageError
 from . import grading
 
 
+def endpoint(manifest, name: str) -> "Endpoint":
+    """Where the served specialist `name` of `manifest` answers, with the key it wants."""
+    from ..deploy.access import client_key
+
+    return Endpoint(name, manifest.deploy.host, manifest.specialists[name].port, client_key(manifest.deploy))
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A served model: its alias (the specialist's name) and where it answers."""
@@ -28,6 +35,7 @@ class Endpoint:
     name: str
     host: str
     port: int
+    key: Optional[str] = None  # the API key the server wants, when it wants one (deploy.api_key_env)
 
     @property
     def url(self) -> str:
@@ -42,7 +50,10 @@ def chat(endpoint: Endpoint, messages: list[dict], max_tokens: int, timeout: flo
     """One greedy chat completion: {"reply", "latency_s", "completion_tokens"}."""
     body = json.dumps({"model": endpoint.name, "messages": messages, "max_tokens": max_tokens,
                        "temperature": 0.0, "seed": 0}).encode()
-    request = urllib.request.Request(endpoint.url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if endpoint.key:
+        headers["Authorization"] = f"Bearer {endpoint.key}"
+    request = urllib.request.Request(endpoint.url, data=body, headers=headers)
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

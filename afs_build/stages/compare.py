@@ -84,9 +84,8 @@ def run(manifest: Manifest, name: str) -> None:
         raise StageError(f"specialist {name!r}: no served model answers as its base {spec.base!r}; add a "
                          f"specialist with base: {spec.base} and train: false (as the default family's "
                          f"agahnim) so the comparison can ask it")
-    host = manifest.deploy.host
-    base = benchmark.Endpoint(server.name, host, server.port)
-    judges = [benchmark.Endpoint(j, host, manifest.specialists[j].port) for j in manifest.eval.judges]
+    base = benchmark.endpoint(manifest, server.name)
+    judges = [benchmark.endpoint(manifest, j) for j in manifest.eval.judges]
     with log.step(task_name, f"asking the base ({server.name}) {len(asked)} questions", specialist=name), \
             log.progress(f"{task_name} base", len(asked)) as advance:
         base_results = benchmark.run(base, asked, system_prompt=spec.system_prompt, run_id=log.run_id(),

@@ -60,9 +60,8 @@ def run(manifest: Manifest, name: str) -> None:
     questions = suite.load(manifest.resolve(manifest.eval.suite), manifest.eval.suite,
                            specialists=list(manifest.specialists), judges=manifest.eval.judges)
     mine = suite.for_specialist(questions, name, manifest.eval.max_questions)
-    host = manifest.deploy.host
-    endpoint = benchmark.Endpoint(name, host, spec.port)
-    judges = [benchmark.Endpoint(j, host, manifest.specialists[j].port) for j in manifest.eval.judges]
+    endpoint = benchmark.endpoint(manifest, name)
+    judges = [benchmark.endpoint(manifest, j) for j in manifest.eval.judges]
     gguf = served_gguf(layout, spec)
     with log.step(task, f"asking {len(mine)} benchmark questions", specialist=name) as extra, \
             log.progress(task, len(mine)) as advance:

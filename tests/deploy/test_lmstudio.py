@@ -1,5 +1,6 @@
 """LM Studio deployment on real files in a temporary LM Studio folder: placement (link, copy,
-atomic replace), the preset, the script (golden, quoting, run against a stub ``lms``)."""
+atomic replace), the preset, the script (quoting, run against a stub ``lms``), and removing
+exactly what afs installed. The golden script is rendered through the stage (test_stage.py)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,6 @@ from afs_build.paths import Layout
 from deploy_helpers import write_manifest
 
 EVIL = "Quest'; touch PWNED; echo '$(touch PWNED2) `touch PWNED3`\nrm -rf \"$HOME\" # \\"
-
-GOLDEN_SCRIPT = """\
-#!/usr/bin/env bash
-# LM Studio: load 'Majora v2' ('Quest Specialist') and serve it.
-# Written by afs from afs.yaml (manifest DIGEST); rebuild rather than edit.
-# Needs LM Studio's `lms` on PATH (~/.lmstudio/bin/lms bootstrap).
-set -euo pipefail
-
-# A reload replaces the instance loaded earlier under this identifier (none is fine).
-lms unload majora >/dev/null 2>&1 || true
-# --exact: load this file or fail, never a model whose path merely looks alike.
-lms load --exact afs/majora/majora-Q8_0.gguf --identifier majora --context-length 4096
-lms server start --port 5000
-"""
 
 STUB_LMS = """\
 #!/usr/bin/env python3
@@ -61,7 +48,8 @@ def setup(tmp_path):
 def deploy(manifest, layout, gguf):
     files = layout.deploy("majora")
     return lmstudio.deploy(manifest, "majora", gguf, preset_file=files.preset,
-                           script=files.lmstudio_script)
+                           script=files.lmstudio_script, record=files.installed,
+                           digest="0123456789abcdef")
 
 
 def test_model_is_hard_linked_into_lm_studio_layout(setup):
@@ -93,12 +81,13 @@ def test_model_is_copied_across_filesystems(setup, monkeypatch):
 def test_a_changed_quantization_replaces_the_old_file(setup):
     manifest, layout, gguf, home = setup
     deploy(manifest, layout, gguf)
+    folder = home / "models" / "afs" / "majora"
+    (folder / "majora-mine.gguf").write_bytes(b"GGUF the user's own")
     other = layout.post("majora").gguf("Q4_K_M")
     shutil.copy(gguf, other)
     report = deploy(manifest, layout, other)
     assert report["removed"] == ["majora-Q8_0.gguf"]
-    assert sorted(p.name for p in (home / "models" / "afs" / "majora").iterdir()) == [
-        "majora-Q4_K_M.gguf"]
+    assert sorted(p.name for p in folder.iterdir()) == ["majora-Q4_K_M.gguf", "majora-mine.gguf"]
 
 
 def test_preset_is_lm_studio_config_preset(setup):
@@ -124,12 +113,53 @@ def test_preset_is_lm_studio_config_preset(setup):
         assert json.loads(path.read_text(encoding="utf-8")) == expected
 
 
-def test_script_matches_golden(setup):
+def test_script_is_executable(setup):
     manifest, layout, gguf, _ = setup
-    report = deploy(manifest, layout, gguf)
-    script = Path(report["script"])
-    assert script.read_text(encoding="utf-8") == GOLDEN_SCRIPT.replace("DIGEST", manifest.digest)
+    script = Path(deploy(manifest, layout, gguf)["script"])
     assert os.access(script, os.X_OK)
+    assert "(deploy settings 0123456789abcdef)" in script.read_text(encoding="utf-8")
+
+
+def test_what_afs_installed_is_recorded_before_it_is_placed(setup, monkeypatch):
+    manifest, layout, gguf, home = setup
+
+    def interrupted(source, target):
+        raise KeyboardInterrupt  # killed while placing the model
+
+    monkeypatch.setattr(lmstudio, "place_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        deploy(manifest, layout, gguf)
+    record = json.loads(layout.deploy("majora").installed.read_text(encoding="utf-8"))
+    assert record["files"] == sorted([str(home / "models/afs/majora/majora-Q8_0.gguf"),
+                                      str(home / "config-presets/afs-majora.preset.json")])
+
+
+def test_removing_takes_only_what_afs_installed(setup):
+    manifest, layout, gguf, home = setup
+    mine = [home / "models" / "afs" / "majora" / "notes.txt",  # beside afs's model
+            home / "models" / "someone" / "model" / "theirs.gguf",
+            home / "config-presets" / "mine.preset.json"]
+    (home / "models" / "someone" / "model").mkdir(parents=True)
+    mine[1].write_bytes(b"GGUF theirs")
+    deploy(manifest, layout, gguf)
+    mine[0].write_text("my notes")
+    mine[2].write_text("{}")
+    record = layout.deploy("majora").installed
+    would = lmstudio.remove_installed(record, dryrun=True)
+    assert sorted(would) == sorted([str(home / "models/afs/majora/majora-Q8_0.gguf"),
+                                    str(home / "config-presets/afs-majora.preset.json")])
+    assert record.exists() and (home / "models/afs/majora/majora-Q8_0.gguf").exists()
+    gone = lmstudio.remove_installed(record)
+    assert sorted(gone) == sorted(would)
+    assert all(path.is_file() for path in mine)
+    assert sorted(p.name for p in (home / "models" / "afs" / "majora").iterdir()) == ["notes.txt"]
+    mine[0].unlink()
+    deploy(manifest, layout, gguf)
+    lmstudio.remove_installed(record)
+    # The folders afs made go once empty; the user's folders stay.
+    assert not (home / "models" / "afs").exists()
+    assert sorted(p.name for p in (home / "models").iterdir()) == ["someone"]
+    assert sorted(p.name for p in (home / "config-presets").iterdir()) == ["mine.preset.json"]
 
 
 def test_shell_injection_in_manifest_values_stays_inert(tmp_path):
@@ -166,7 +196,7 @@ def test_shell_injection_in_manifest_values_stays_inert(tmp_path):
 
 def test_every_template_value_is_shell_quoted():
     text = lmstudio.render_script({
-        "name": "a b", "title": "t", "role": "r", "manifest_file": "m", "manifest_digest": "d",
+        "name": "a b", "title": "t", "role": "r", "manifest_file": "m", "digest": "d",
         "model_path": "p/q r/s.gguf", "context_length": "1; id", "port": "$(id)"})
     assert "lms load --exact 'p/q r/s.gguf' --identifier 'a b' --context-length '1; id'" in text
     assert "lms server start --port '$(id)'" in text

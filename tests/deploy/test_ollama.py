@@ -1,5 +1,6 @@
-"""Ollama Modelfiles: golden output for ChatML, a round trip through Ollama's parsing rules,
-template families, and values a Modelfile cannot carry."""
+"""Ollama Modelfiles: a round trip through Ollama's parsing rules, template families, and
+values a Modelfile cannot carry. The golden Modelfile is rendered through the stage
+(test_stage.py)."""
 
 from __future__ import annotations
 
@@ -10,40 +11,20 @@ import pytest
 from afs_build.deploy import ollama
 from afs_build.errors import StageError
 from afs_build.paths import Layout
-from deploy_helpers import tiny_gguf, write_manifest  # noqa: F401 (a fixture)
+from deploy_helpers import shared_tiny_gguf, write_manifest
 from tinymodel import CHAT_TEMPLATE
 
 SYSTEM = 'You are Majora, keeper of "quests".\n\tAnswer in one line; never say """ inline.'
-
-GOLDEN = '''\
-# Ollama Modelfile for Majora v2: Quest Specialist
-# Written by afs from afs.yaml (manifest DIGEST); rebuild rather than edit.
-# Create the model:  ollama create majora -f Modelfile
-FROM ../post/majora-Q8_0.gguf
-
-# Chat template (chatml), in Ollama's Go template syntax.
-TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
-"""
-
-SYSTEM """You are Majora, keeper of "quests".
-\tAnswer in one line; never say """ inline."""
-
-PARAMETER stop <|im_end|>
-PARAMETER stop <|im_start|>
-PARAMETER stop <|endoftext|>
-PARAMETER temperature 0.7
-PARAMETER top_p 0.95
-PARAMETER repeat_penalty 1.05
-PARAMETER num_ctx 4096
-PARAMETER num_predict 256
-'''
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}"
     "<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return shared_tiny_gguf(tmp_path_factory)
 
 
 def parse_modelfile(text: str) -> list[tuple[str, str]]:
@@ -128,13 +109,8 @@ def manifest(tmp_path):
 def render(manifest, info: ollama.ChatInfo, name: str = "majora") -> str:
     layout = Layout.of(manifest)
     ctx = ollama.context(manifest, name, layout.post(name).gguf("Q8_0"),
-                         layout.deploy(name).modelfile, info)
+                         layout.deploy(name).modelfile, info, "0123456789abcdef")
     return ollama.render(ctx)
-
-
-def test_chatml_modelfile_matches_golden(manifest):
-    text = render(manifest, ollama.ChatInfo(CHAT_TEMPLATE, ("<|im_end|>",)))
-    assert text == GOLDEN.replace("DIGEST", manifest.digest)
 
 
 def test_ollama_reads_back_every_value(manifest):
@@ -159,7 +135,8 @@ def test_written_from_a_real_gguf(manifest, tiny_gguf):
     info = ollama.chat_info(tiny_gguf)
     assert info == ollama.ChatInfo(CHAT_TEMPLATE, ("<|im_end|>",))
     layout = Layout.of(manifest)
-    out = ollama.write_modelfile(manifest, "majora", tiny_gguf, layout.deploy("majora").modelfile)
+    out = ollama.write_modelfile(manifest, "majora", tiny_gguf, layout.deploy("majora").modelfile,
+                                 "0123456789abcdef")
     commands = dict(parse_modelfile(out.read_text(encoding="utf-8")))
     assert Path(out.parent, commands["model"]).resolve() == tiny_gguf.resolve()
     assert commands["template"] == ollama.CHATML

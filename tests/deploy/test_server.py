@@ -24,13 +24,18 @@ from afs_build import cli  # noqa: E402
 from afs_build.deploy import server  # noqa: E402
 from afs_build.errors import AfsError, StageError  # noqa: E402
 from afs_build.paths import Layout  # noqa: E402
-from deploy_helpers import free_port, tiny_gguf, write_manifest  # noqa: E402,F401 (a fixture)
+from deploy_helpers import free_port, shared_tiny_gguf, write_manifest  # noqa: E402
 
 import llama_cpp.server  # noqa: E402, F401  (required: a declared dependency must fail, not skip, when missing)
 import openai  # noqa: E402
 
 N_CTX = 256
 SYSTEM = "You are Majora. Answer briefly."
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return shared_tiny_gguf(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +105,8 @@ def test_start_writes_pid_file(env, first_start, served):
     assert on_disk == {k: v for k, v in record.items() if k != "action"}
     assert on_disk["port"] == manifest.specialists["majora"].port
     assert on_disk["gguf"] == str(gguf) and on_disk["token"].startswith(server.TOKEN_PREFIX)
-    assert {"pid", "started", "gguf_size", "gguf_mtime_ns", "n_ctx", "host"} <= set(on_disk)
+    assert {"pid", "started", "gguf_size", "gguf_mtime_ns", "n_ctx", "host", "auth",
+            "code"} <= set(on_disk)
 
 
 def test_openai_client_gets_an_answer(served):
@@ -148,7 +154,8 @@ def test_another_model_name_gets_404(env, served):
     assert err.value.status_code == 404
     assert err.value.body == {"message": "model 'beta' is not served here; this server serves "
                                          "'majora'",
-                              "type": "invalid_request_error", "code": "model_not_found"}
+                              "type": "invalid_request_error", "param": None,
+                              "code": "model_not_found"}
     status, body = post(env[0].specialists["majora"].port, "/v1/completions",
                         {"model": "gpt-4", "prompt": "x", "max_tokens": 1})
     assert status == 404 and body["error"]["code"] == "model_not_found"
@@ -167,7 +174,8 @@ def test_status_shows_healthy_and_stopped(env, served, capsys):
     rows = {r["specialist"]: r for r in server.status(layout, manifest)}
     assert rows["majora"] == {
         "specialist": "majora", "port": manifest.specialists["majora"].port, "file": str(gguf),
-        "pid": served[0]["pid"], "alive": True, "healthy": True, "state": "healthy"}
+        "pid": served[0]["pid"], "pids": [served[0]["pid"]], "alive": True, "healthy": True,
+        "state": "healthy"}
     assert rows["beta"]["state"] == "stopped" and rows["beta"]["pid"] is None
     assert rows["beta"]["file"] == str(layout.post("beta").gguf("F16"))
 
