@@ -140,6 +140,17 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
         assert summary["meets_thresholds"] and summary["tokens_per_second"] > 0
         assert doit(project.root, "eval:alpha") == set()  # nothing changed: not asked again
 
+        # compared with its base: no served-only specialist serves "tiny", so the base's own
+        # GGUF is written and served on a free port while the comparison asks it
+        assert doit(project.root, "report:family") == {"baseline:tiny", "compare:alpha", "report:family"}
+        compared = json.loads((build / "compare/compare.json").read_text())
+        assert compared["base_server"] is None and compared["base_served"] == "Q8_0"
+        assert compared["overall"]["questions"] == 4 and compared["seen_in_training"] == 0
+        base_replies = (build / "compare/base.jsonl").read_text().splitlines()
+        assert [json.loads(line)["specialist"] for line in base_replies] == ["tiny"] * 4
+        assert not (project.root / "build/models/tiny/gguf/server.pid").exists()  # stopped again
+        assert doit(project.root, "report:family") == set()
+
         # a pass mark the tiny model cannot reach fails the task, and says why
         minimal["eval"]["thresholds"] = {"min_score": 1.0}
         path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
@@ -153,7 +164,8 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
         path = project.write(minimal, {"chat.jsonl": rows, "suite.jsonl": suite})
         runs = {t.name for t in plan.task_plans(load(path)) if t.runs}
         assert runs == {"render:alpha", "train:alpha", "merge:alpha", "gguf:alpha",
-                        "quantize:alpha", "deploy:alpha", "eval:alpha"}
+                        "quantize:alpha", "deploy:alpha", "eval:alpha", "compare:alpha",
+                        "report:family"}
 
         assert afs(["stop", "-m", str(path)]) == 0
         minimal["specialists"]["alpha"].pop("lora")

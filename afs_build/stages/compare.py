@@ -2,7 +2,9 @@
 
 The base is asked every question the specialist was asked in ``eval``, with the specialist's
 system prompt, the same sampling and the same grading, on the server of a served-only
-specialist of the same base (the default family's Agahnim). Each quantized file of the
+specialist of the same base (the default family's Agahnim); where there is none, the base's
+own GGUF (``baseline:<model>``, of the type the specialist serves) is served on a free
+loopback port for as long as the comparison asks. Each quantized file of the
 specialist (and its F16) answers the first ``eval.quant_questions`` of them, so what a
 quantization type costs is measured in answers. Results are kept per specialist version; a
 version that scores lower than the one before beyond the interval is flagged.
@@ -10,6 +12,7 @@ version that scores lower than the one before beyond the interval is flagged.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -56,6 +59,9 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         if server is not None:
             deps.append(layout.post(server.name).quantize_report)
             task_dep.append(f"deploy:{server.name}")
+        else:
+            deps.append(layout.baseline(spec.base).report)
+            task_dep.append(f"baseline:{spec.base}")
         yield task(f"{NAME}:{spec.name}", f"Compare {spec.title} with its base {spec.base!r} on the same questions.",
                    run, manifest, spec.name,
                    file_dep=deps + code_files("stages/compare.py", "evaluation/compare.py",
@@ -80,22 +86,18 @@ def run(manifest: Manifest, name: str) -> None:
     mine = list(read_jsonl(layout.eval(name).results))
     asked = [by_id[r["question_id"]] for r in mine if r["question_id"] in by_id]
     server = base_server(manifest, spec)
-    if server is None:
-        raise StageError(f"specialist {name!r}: no served model answers as its base {spec.base!r}; add a "
-                         f"specialist with base: {spec.base} and train: false (as the default family's "
-                         f"agahnim) so the comparison can ask it")
-    base = benchmark.endpoint(manifest, server.name)
     judges = [benchmark.endpoint(manifest, j) for j in manifest.eval.judges]
-    with log.step(task_name, f"asking the base ({server.name}) {len(asked)} questions", specialist=name), \
+    with serving_base(manifest, spec, server) as base, \
+            log.step(task_name, f"asking the base ({base.name}) {len(asked)} questions", specialist=name), \
             log.progress(f"{task_name} base", len(asked)) as advance:
         base_results = benchmark.run(base, asked, system_prompt=spec.system_prompt, run_id=log.run_id(),
                                      judges=[j for j in judges if j.name != name],
-                                     model_file=None, quant=served_kind(server), advance=advance)
+                                     model_file=None, quant=served_kind(spec), advance=advance)
     own = compare.own_categories(questions, name, spec.categories)
     report = compare.table(mine, base_results, own=own, general=manifest.eval.general_category,
                            seed=manifest.eval.seed)
-    report.update(specialist=name, base=spec.base, base_server=server.name,
-                  served=served_kind(spec), base_served=served_kind(server),
+    report.update(specialist=name, base=spec.base, base_server=server.name if server else None,
+                  served=served_kind(spec), base_served=served_kind(server or spec),
                   seen_in_training=seen_in_training(layout, name, asked))
     with log.step(task_name, "asking each quantized file", specialist=name):
         quants, quant_rows = quantization(manifest, name, asked)
@@ -116,6 +118,39 @@ def run(manifest: Manifest, name: str) -> None:
     if loud and manifest.eval.require_beats_base:
         raise StageError(f"{text} (eval.require_beats_base is true; the replies are in "
                          f"{layout.eval(name).results} and {files.base_results})")
+
+
+@contextlib.contextmanager
+def serving_base(manifest: Manifest, spec: Specialist, server: Optional[Specialist]) -> Iterator:
+    """The endpoint that answers as `spec`'s base: the served-only specialist's server, or the
+    base's own GGUF served on a free loopback port until the block ends."""
+    from ..deploy import processes
+    from ..deploy.access import client_key
+    from ..deploy.server import GRACE_SECONDS, running, served_kind, start
+    from ..evaluation import benchmark
+
+    if server is not None:
+        yield benchmark.endpoint(manifest, server.name)
+        return
+    files = Layout.of(manifest).baseline(spec.base)
+    key = client_key(manifest.deploy)
+    port = free_port()
+    record = start(spec.base, files.gguf(served_kind(spec)), host="127.0.0.1", port=port,
+                   n_ctx=spec.context_length, pid_file=files.pid, log_file=files.server_log, key=key)
+    try:
+        yield benchmark.Endpoint(spec.base, "127.0.0.1", port, key)
+    finally:
+        for pid in running(files.pid) or [record["pid"]]:
+            processes.terminate(pid, GRACE_SECONDS)
+        files.pid.unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def seen_in_training(layout: Layout, name: str, questions: list[dict]) -> int:
