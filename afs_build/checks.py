@@ -144,10 +144,12 @@ def check_sources(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
                               f"source; got {got}")
         wanted = {"toolbench": [("path", "file")], "codebase": [("path", "folder")],
                   "synthetic": [("facts", "file"), ("templates", "file")],
-                  "custom": [("path", "file")]}.get(src["kind"], [])
+                  "custom": [("path", "file")], "replay": [("path", "file")]}.get(src["kind"], [])
         for key, what in wanted:
             if src.get(key):
                 yield from _exists(pos, root, here + (key,), src[key], what)
+        if src["kind"] == "replay" and src["model"] not in data["models"]:
+            yield pos.problem(here + ("model",), _unknown("model", src["model"], data["models"]))
         if src["kind"] == "codesearchnet":
             for i, path in enumerate(src["paths"]):
                 yield from _exists(pos, root, here + ("paths", i), path, "file")

@@ -33,9 +33,9 @@ def _stage(module) -> Stage:
 
 # The pipeline in order.
 STAGES = (
-    _stage(ingest), _stage(score), _stage(mix), _stage(base), _stage(render), _stage(train),
-    _stage(merge), _stage(gguf), _stage(quantize),
-    _stage(deploy), _stage(evaluate), _stage(baseline), _stage(compare), _stage(report),
+    _stage(ingest), _stage(score), _stage(mix), _stage(base), _stage(baseline), _stage(render),
+    _stage(train), _stage(merge), _stage(gguf), _stage(quantize), _stage(deploy), _stage(evaluate),
+    _stage(compare), _stage(report),
 )
 
 

@@ -110,10 +110,10 @@ def test_doit_list_shows_every_task_with_its_doc(project, minimal):
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [
         "ingest", "ingest:chat", "score", "score:chat", "mix", "mix:alpha", "mix:beta",
-        "base", "base:tiny", "render", "render:alpha", "render:beta", "train", "train:alpha",
+        "base", "base:tiny", "baseline", "render", "render:alpha", "render:beta", "train", "train:alpha",
         "train:beta", "merge", "merge:alpha", "merge:beta", "gguf", "gguf:alpha", "gguf:beta",
         "quantize", "quantize:alpha", "quantize:beta", "deploy", "deploy:alpha", "deploy:beta",
-            "eval", "baseline", "compare", "report"]  # no eval.suite: empty groups
+            "eval", "compare", "report"]  # no eval.suite: empty groups
     assert "ingest:chat Convert custom source 'chat' into canonical samples." in {
         " ".join(line.split()) for line in lines}
 

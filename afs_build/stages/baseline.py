@@ -1,9 +1,9 @@
-"""Write each base model's own GGUF, to compare its specialists with (baseline:<model>).
+"""Write each base model's own GGUF, for replay sources and comparisons (baseline:<model>).
 
-Only for a base that no served-only specialist serves already (the default family's Agahnim
-serves SmolLM2 as it is): the comparison then starts the base on a free loopback port for as
-long as it asks its questions. The base is quantized to the types its specialists serve, so
-both sides of a comparison answer from the same kind of file.
+A ``replay`` source has its prompts answered by the base's F16 GGUF. A base that no
+served-only specialist serves already (the default family's Agahnim serves SmolLM2 as it is)
+is also quantized to the types its specialists serve, so that the comparison can start it on a
+free loopback port and both sides answer from the same kind of file.
 """
 
 from __future__ import annotations
@@ -24,24 +24,36 @@ CODE = ("stages/baseline.py", "post/gguf_convert.py", "post/weights.py", "post/a
 
 
 def unserved(manifest: Manifest) -> list[str]:
-    """Bases of trained specialists that no served-only specialist serves as they are."""
+    """Bases of trained specialists that no served-only specialist serves as they are (only
+    when there is a suite to compare on)."""
+    if not manifest.eval.suite:
+        return []
     served = {s.base for s in manifest.specialists.values() if not s.train}
     return list(dict.fromkeys(s.base for s in manifest.trained if s.base not in served))
 
 
+def replayed(manifest: Manifest) -> list[str]:
+    """Models that answer the prompts of some replay source."""
+    return list(dict.fromkeys(s.settings["model"] for s in manifest.sources.values() if s.kind == "replay"))
+
+
+def models(manifest: Manifest) -> list[str]:
+    """Every model that needs its own GGUF, in manifest order."""
+    wanted = set(unserved(manifest)) | set(replayed(manifest))
+    return [m for m in manifest.models if m in wanted]
+
+
 def kinds(manifest: Manifest, model: str) -> list[str]:
-    """F16, and every type the specialists of `model` serve."""
+    """F16, and, for a compared base, every type its specialists serve."""
     from ..deploy.server import served_kind
 
-    served = [served_kind(s) for s in manifest.trained if s.base == model]
+    served = [served_kind(s) for s in manifest.trained if s.base == model] if model in unserved(manifest) else []
     return list(dict.fromkeys(["F16", *served]))
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-    if not manifest.eval.suite:
-        return
     layout = Layout.of(manifest)
-    for model in unserved(manifest):
+    for model in models(manifest):
         files = layout.baseline(model)
         outputs = [files.gguf(k) for k in kinds(manifest, model)]
         yield task(f"{NAME}:{model}", f"Write base {model!r} as its own GGUF, to compare its specialists with.",

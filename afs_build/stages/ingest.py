@@ -19,7 +19,6 @@ CONVERTER_VERSION = 1
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-
     layout = Layout.of(manifest)
     for source in manifest.sources.values():
         files = layout.ingest(source.name)
@@ -33,11 +32,17 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
             pass  # a hub dataset is identified by its id (in the slice); no local file
         else:
             file_dep = [str(manifest.resolve(p)) for p in source.input_paths()]
+        task_dep: list[str] = []
+        if source.kind == "replay":  # answered by the base's own GGUF
+            model = source.settings["model"]
+            file_dep.append(str(layout.baseline(model).report))
+            task_dep.append(f"baseline:{model}")
         yield {
             "name": f"{NAME}:{source.name}",
             "doc": f"Convert {source.kind} source {source.name!r} into canonical samples.",
             "actions": [(run, [manifest, source.name])],
             "file_dep": file_dep,
+            "task_dep": task_dep,
             "targets": [str(files.samples), str(files.rejects), str(files.meta)],
             "uptodate": uptodate,
             "clean": True,
@@ -91,6 +96,17 @@ def records(manifest: Manifest, source: Source, layout: Layout):
         return convert_synthetic(path("facts"), path("templates"), source=source.name,
                                  seed=manifest.project.seed, paraphrases=s["paraphrases"],
                                  teacher=teacher, cache_dir=layout.cache("teacher"))
+    if source.kind == "replay":
+        import json
+
+        from ..data.replay import convert_replay
+
+        baseline = layout.baseline(s["model"])
+        digest = json.loads(baseline.report.read_text(encoding="utf-8"))["files"][baseline.gguf("F16").name]["digest"]
+        return convert_replay(path("path"), source=source.name, format=s["format"], fields=dict(s["fields"]),
+                              max_chars=source.max_chars, gguf=baseline.gguf("F16"), model_digest=digest,
+                              max_tokens=s["max_tokens"], system_prompt=s["system_prompt"], limit=s["limit"],
+                              cache_dir=layout.cache("replay"))
     if source.kind == "custom":
         from ..data import custom
 

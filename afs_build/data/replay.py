@@ -1,0 +1,110 @@
+"""Replay: prompts answered by the base model itself, so training keeps what the base could do.
+
+A specialist trained on its subject alone forgets general ability: measured on the default
+family, Veran trained with hand-written short general answers in its mix answered "Which
+planet orbits closest to the Sun?" with "Mars" where its base said Mercury. Replaying the
+base's *own* answers to general prompts (self-distillation) asks the adapter to leave those
+answers as they were instead of teaching it a new style: with them in the mix, Veran's general
+score stayed at its base's. The prompts come from any file the ``custom`` readers take (their
+answers are dropped), the answers from the base's own GGUF through llama.cpp, greedy.
+
+Answers are cached by a digest of the model file, the prompt and the settings, so a rebuild
+asks nothing again and a changed base asks again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Mapping, Optional
+
+from ..atomic import write_json
+from .records import Record, Reject, canonical_json, make_sample
+
+
+def convert_replay(path, *, source: str, format: str, fields: Mapping[str, str] | None, max_chars: int,
+                   gguf: Path, model_digest: str, max_tokens: int = 128, system_prompt: Optional[str] = None,
+                   limit: Optional[int] = None, cache_dir: Optional[Path] = None,
+                   n_ctx: int = 2048) -> Iterator[Record]:
+    """One sample per prompt of `path`: the conversation up to its last user turn, answered by
+    the model in `gguf`. Rejects of the reader pass through."""
+    from .custom import convert_custom
+
+    cache_file = Path(cache_dir) / f"{source}.json" if cache_dir else None
+    cache = _read_cache(cache_file)
+    used: dict[str, str] = {}
+    answerer = _Answerer(gguf, n_ctx)
+    count = 0
+    try:
+        for record in convert_custom(path, source=source, format=format, fields=fields, max_chars=max_chars):
+            if isinstance(record, Reject):
+                yield record
+                continue
+            if limit is not None and count >= limit:
+                break
+            prompt = _prompt(record["messages"], system_prompt)
+            if prompt is None:
+                yield Reject(source, "no user turn to answer", file=record["provenance"].get("file"),
+                             line=record["provenance"].get("line"))
+                continue
+            key = hashlib.sha256(canonical_json([model_digest, prompt, max_tokens]).encode()).hexdigest()
+            reply = cache.get(key)
+            if reply is None:
+                reply = answerer(prompt, max_tokens)
+            used[key] = reply
+            count += 1
+            if not reply.strip():
+                yield Reject(source, "the model gave an empty answer", file=record["provenance"].get("file"),
+                             line=record["provenance"].get("line"), excerpt=prompt[-1]["content"])
+                continue
+            messages = [m for m in prompt if m["role"] != "system"] + [{"role": "assistant", "content": reply}]
+            yield make_sample(source, messages, provenance=record["provenance"],
+                              metadata={**record.get("metadata", {}),
+                                        "replay": {"model_digest": model_digest, "max_tokens": max_tokens}})
+    finally:
+        answerer.close()
+        if cache_file is not None and used != cache:
+            write_json(cache_file, used)
+
+
+def _prompt(messages: list[dict], system_prompt: Optional[str]) -> Optional[list[dict]]:
+    """The conversation up to and including its last user turn, with `system_prompt` first."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        return None
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages[:last + 1] if m["role"] != "system"]
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + turns
+
+
+def _read_cache(path: Optional[Path]) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class _Answerer:
+    """llama.cpp loaded on first use (a fully cached rebuild loads nothing)."""
+
+    def __init__(self, gguf: Path, n_ctx: int):
+        self.gguf, self.n_ctx, self.llm = Path(gguf), n_ctx, None
+
+    def __call__(self, prompt: list[dict], max_tokens: int) -> str:
+        if self.llm is None:
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            from llama_cpp import Llama
+
+            self.llm = Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, verbose=False, seed=0,
+                             n_threads=max(1, min(os.cpu_count() or 1, 8)))
+        data = self.llm.create_chat_completion(prompt, temperature=0.0, max_tokens=max_tokens, seed=0)
+        return (data["choices"][0]["message"]["content"] or "").strip()
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
