@@ -87,16 +87,12 @@ class BaseFiles:
         return self.folder / "base.json"
 
     @property
-    def source(self) -> Path:
-        """Written into an unpacked embedded model: where it came from."""
-        return self.hf / SOURCE_FILE
-
-    @property
     def hub(self) -> Path:
         """A Hugging Face cache of a hub model's small files (config, tokenizer, template)."""
         return self.folder / "hub"
 
 
+# Written into an unpacked embedded model's folder (hf/): where it came from.
 SOURCE_FILE = "afs_source.json"
 
 

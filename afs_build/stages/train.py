@@ -47,7 +47,7 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
 @contextlib.contextmanager
 def one_at_a_time(layout: Layout) -> Iterator[None]:
     """Serialize local training: two torch jobs on two cores make each step 5-10 times slower."""
-    layout.build.mkdir(parents=True, exist_ok=True)
+    layout.training_lock.parent.mkdir(parents=True, exist_ok=True)
     with open(layout.training_lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -982,8 +982,9 @@ def train(config: TrainConfig, args):
 
     # First, in seconds: the base's config, tokenizer and chat template (before any weight).
     tokenizer, base_warnings = preflight(config, args.base, config.base_revision)
-    for warning in base_warnings:
-        print(f"warning: {warning}", flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        for warning in base_warnings:
+            print(f"warning: {warning}", flush=True)
     if args.check_only:
         print(f"{config.specialist}: base {args.base} passes the checks", flush=True)
         return None

@@ -11,6 +11,7 @@ needs only torch, transformers and peft. The same manifest renders byte-identica
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from dataclasses import fields
@@ -123,6 +124,8 @@ def py(value: Any) -> str:
         return "(" + ", ".join(py(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, list):
         return "[" + ", ".join(py(v) for v in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TypeError(f"cannot write {value!r} into Python source as a literal")
     if value is None or isinstance(value, (str, bool, int, float)):
         return repr(value)
     raise TypeError(f"cannot write a {type(value).__name__} into Python source: {value!r}")

@@ -119,8 +119,19 @@ def gpu_manifest(project, minimal: dict, *, count: int = 4, spot: bool = True, *
 # --- the YAML -------------------------------------------------------------------------------
 
 
-def test_golden_majora(seed):
-    assert render(seed, "majora", Path("/srv/afs/build")) == GOLDEN_MAJORA
+def test_golden_majora_through_the_render_stage(seed, tmp_path):
+    """render:majora's own action, with the seed's build folder moved into the test's folder."""
+    import dataclasses
+
+    from afs_build.paths import Layout
+    from afs_build.stages import render as render_stage
+
+    build = tmp_path / "build"
+    moved = dataclasses.replace(seed, project=dataclasses.replace(seed.project, build_dir=str(build)))
+    assert render_stage.run(moved, "majora") is None
+    text = Layout.of(moved).train("majora").sky_task.read_text()
+    assert text == GOLDEN_MAJORA.replace("/srv/afs/build", str(build))
+    assert render(seed, "majora", Path("/srv/afs/build")) == GOLDEN_MAJORA  # the helper agrees
 
 
 def test_quantized_base_adds_bitsandbytes(seed):
