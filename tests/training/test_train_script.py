@@ -450,6 +450,29 @@ def test_packed_loss_equals_the_per_sample_losses(tokenizer, lora_model, attn):
     assert packed == pytest.approx(sum(alone), rel=1e-5)
 
 
+def test_checkpoints_are_atomic_and_only_the_latest_is_kept(world, lora_model, tmp_path):
+    """A checkpoint appears complete under its name or not at all; a half-written one is ignored."""
+    import torch
+
+    model = lora_model["sdpa"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: loop.schedule(s, 10, 1))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    folder = tmp_path / "checkpoints"
+    for step in (3, 6):
+        loop.save_checkpoint(folder, model, optimizer, scheduler, scaler, {"step": step, "fingerprint": "f"})
+    (folder / ".tmp-step-000009" / "adapter").mkdir(parents=True)  # what a kill mid-write leaves
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-step-000009", "step-000006"]
+    assert loop.latest_checkpoint(folder).name == "step-000006"
+    torch.manual_seed(123)
+    expected = torch.get_rng_state()
+    loop.save_checkpoint(folder, model, optimizer, scheduler, scaler, {"step": 7, "fingerprint": "f"})
+    torch.manual_seed(0)
+    state = loop.load_checkpoint(loop.latest_checkpoint(folder), model, optimizer, scheduler, scaler)
+    assert state == {"step": 7, "fingerprint": "f"} and torch.equal(torch.get_rng_state(), expected)
+
+
 def test_missing_lora_targets_name_the_linear_modules(world):
     from transformers import AutoModelForCausalLM
 
