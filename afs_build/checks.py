@@ -1,7 +1,8 @@
 """Cross-reference checks that run after the schema passes: names, shares, ports, fit, files.
 
 Each check reads the defaulted manifest data and yields positioned problems; all of them run,
-so the user sees every problem at once. File checks only ``stat`` (no reading, no hashing).
+so the user sees every problem at once. File checks only ``stat`` (no hashing), except that a
+path model's config.json is read for its architecture (a few kilobytes).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import estimate
-from .training.base import EMBEDDED
+from .training.embedded import EMBEDDED
 from .errors import Problem, one_of, suggest
 from .yamlload import Positions
 
@@ -71,6 +72,31 @@ def check_models(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
             yield pos.problem(("models", name, "path"), f"not a model folder: {model['path']} "
                               "has no config.json; expected a local Hugging Face model folder "
                               "(config.json, weights, tokenizer), relative to the manifest")
+
+
+def check_architectures(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
+    """A base whose architecture afs cannot convert to GGUF: known now, not after training.
+
+    Path models name it in config.json (read: a few kilobytes), embedded ones in the table;
+    a hub model's is checked by base:<model>, or by the training script's first step.
+    """
+    from .training.inspection import architecture_problem, read_architecture
+
+    for name, model in data["models"].items():
+        if model.get("embedded") in EMBEDDED:
+            why = architecture_problem(EMBEDDED[model["embedded"]].architecture)
+            if why:
+                yield pos.problem(("models", name, "embedded"), f"embedded model {model['embedded']!r}: {why}")
+        elif model.get("path") and (root / Path(model["path"]).expanduser()).is_dir():
+            config = Path(model["path"]) / "config.json"
+            try:
+                why = architecture_problem(read_architecture(root / Path(model["path"]).expanduser()))
+            except FileNotFoundError:
+                why = "no config.json; expected a Hugging Face model folder (config.json, weights, tokenizer)"
+            except (OSError, ValueError) as err:
+                why = f"unreadable ({err}); expected the model's config as a JSON object"
+            if why:
+                yield pos.problem(("models", name, "path"), f"{config.as_posix()}: {why}")
 
 
 def params_b(model: dict) -> float | None:
@@ -246,7 +272,7 @@ def check_deploy(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
         yield pos.problem(("deploy", "host"), why)
 
 
-CHECKS = (check_models, check_specialists, check_ports, check_mixes, check_sources,
+CHECKS = (check_models, check_architectures, check_specialists, check_ports, check_mixes, check_sources,
           check_hardware_fit, check_eval, check_sequence_room, check_deploy)
 
 

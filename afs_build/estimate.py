@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
+# The training loop's own test, so the estimate follows what the script will do; the loop
+# module imports no torch at import time (it is the rendered script's body).
+from .training.loop import cpu_has_bfloat16
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -52,23 +55,6 @@ def lora_memory_gib(params_b: float, precision: str) -> float:
     """Estimated memory per device for LoRA training of a `params_b`-billion model."""
     weights = params_b * 1e9 * BYTES_PER_PARAM[precision] / GIB
     return weights * (1 + OVERHEAD_FRACTION) + OVERHEAD_GIB
-
-
-def cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU has bfloat16 arithmetic (x86 AVX512-BF16 or AMX, Arm BF16), on Linux.
-
-    The same test as the training script's, which picks bfloat16 autocast on such a CPU.
-    """
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def throughput(gpu: str, count: int, params_b: float, override_1b: float | None = None,
@@ -111,7 +97,7 @@ TEMPLATE_TOKENS = 15
 
 
 def embedded_params_b(name: str) -> float:
-    from .training.base import EMBEDDED
+    from .training.embedded import EMBEDDED
 
     return EMBEDDED[name].params_b
 

@@ -8,9 +8,12 @@ Everything goes under the project's build folder (``project.build_dir``)::
       data/ingest/<source>/         samples.jsonl, rejects.jsonl, meta.json
       data/score/<source>/          samples.jsonl, rejects.jsonl, meta.json
       data/mix/<specialist>/        train.jsonl, eval.jsonl, stats.json, rejects.jsonl
-      models/<model>/               hf/ (a local copy of the base, for embedded models), base.json
+      .local-training.lock          held while a training runs on this machine (one at a time)
+      models/<model>/               hf/ (a local copy of the base, for embedded models), base.json,
+                                    hub/ (a hub model's config and tokenizer files, no weights)
       specialists/<specialist>/     train/: train.py, sky.yaml, checkpoints/, adapter/,
-                                    metrics.jsonl, training_summary.json, train.log
+                                    metrics.jsonl, training_summary.json, train.log,
+                                    .download/ (SkyPilot: outputs being fetched)
                                     post/: merge.json, <name>-F16.gguf, gguf.json,
                                     <name>-Q8_0.gguf ..., quantize.json
                                     deploy/: Modelfile, lmstudio.sh, preset.json, server.pid,
@@ -89,6 +92,15 @@ class BaseFiles:
     def report(self) -> Path:
         return self.folder / "base.json"
 
+    @property
+    def hub(self) -> Path:
+        """A Hugging Face cache of a hub model's small files (config, tokenizer, template)."""
+        return self.folder / "hub"
+
+
+# Written into an unpacked embedded model's folder (hf/): where it came from.
+SOURCE_FILE = "afs_source.json"
+
 
 @dataclass(frozen=True)
 class TrainFiles:
@@ -124,6 +136,36 @@ class TrainFiles:
     @property
     def log(self) -> Path:
         return self.folder / "train.log"
+
+    @property
+    def staging(self) -> Path:
+        """Where outputs fetched from a rented machine land before they move into place."""
+        return self.folder / ".download"
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """What a finished run leaves (and a rented machine sends back), the summary last."""
+        return (self.adapter, self.metrics, self.summary)
+
+
+@dataclass(frozen=True)
+class RemoteTrainFiles:
+    """The training folder on a rented machine (SkyPilot), under the remote user's home.
+
+    Names are relative to :attr:`root`, where the run command works; :meth:`home` spells a
+    name from the home folder (``~/afs/train.py``) for file mounts.
+    """
+
+    root: str = "afs"
+    script: str = "train.py"
+    train: str = "data/train.jsonl"
+    eval: str = "data/eval.jsonl"
+    base: str = "base"
+    venv: str = "venv"
+    out: str = "out"
+
+    def home(self, name: str = "") -> str:
+        return f"~/{self.root}/{name}".rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -278,6 +320,11 @@ class Layout:
     @property
     def log_file(self) -> Path:
         return self.build / "logs" / "afs.jsonl"
+
+    @property
+    def training_lock(self) -> Path:
+        """Held by a training on this machine: two torch jobs on two cores crawl."""
+        return self.build / ".local-training.lock"
 
     def ingest(self, source: str) -> StageFiles:
         return StageFiles(self.build / "data" / "ingest" / source)

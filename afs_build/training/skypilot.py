@@ -6,11 +6,13 @@ as ``file_mounts``, a pinned ``setup``, a ``run`` that writes into ``~/afs/out``
 :func:`launch` drives SkyPilot's own CLI: ``sky launch`` (waits, streams into the log),
 ``rsync CLUSTER:afs/out/`` back (SkyPilot writes an ssh config entry named after the cluster,
 so the cluster name is an ssh host; it is how SkyPilot's docs download artifacts, and vast.ai
-has no object store to mount), then ``sky down`` in a ``finally``.
+has no object store to mount), then ``sky down`` in a ``finally``. Paths on both machines come
+from :mod:`afs_build.paths` (``TrainFiles`` here, ``RemoteTrainFiles`` there).
 
 Credentials never pass through here: cloud keys live in SkyPilot's own configuration
 (``sky check``); HF_TOKEN is handed to ``sky launch --secret HF_TOKEN`` by name, so SkyPilot
-reads its value from the environment and it appears in no file, argv or log. (SkyPilot 0.14
+reads its value from the environment and it appears in no file or argv; the log goes through
+the JSON log's redaction. (SkyPilot 0.14
 also accepts ``secrets: {HF_TOKEN: null}`` in the YAML, but then refuses to launch without it,
 which would break public base models for users with no token.)
 """
@@ -35,7 +37,9 @@ import jinja2
 import yaml
 
 from ..errors import StageError, suggest
+from ..log import REDACTED, redact
 from ..manifest import Manifest
+from ..paths import RemoteTrainFiles, TrainFiles
 from ..resources import templates_dir
 
 TEMPLATE = "sky.yaml.j2"
@@ -50,8 +54,7 @@ QUANT_PRECISIONS = ("4bit", "8bit")
 # Used only where the image lacks uv (SkyPilot installs it in ~/.local/bin on every node).
 UV_INSTALLER = "https://astral.sh/uv/0.13.9/install.sh"
 
-REMOTE_DIR = "afs"  # under the remote home: train.py, data/, venv/, out/ (and base/ if local)
-OUTPUTS = ("adapter", "metrics.jsonl", "training_summary.json")  # what comes back
+REMOTE = RemoteTrainFiles()  # under the remote home: train.py, data/, venv/, out/ (base/ if local)
 SECRETS = ("HF_TOKEN",)  # passed by name when set in the environment, never by value
 MIN_DISK_GB = 64
 CLUSTER_NAME_MAX = 40  # well under every cloud's limit; SkyPilot's rule is the regex below
@@ -101,11 +104,11 @@ def context(manifest: Manifest, specialist: str, *, script: Path, train: Path, e
                          f"a hardware entry to know which GPU to rent")
     hw = manifest.hardware[spec.hardware]
     model = manifest.models.get(spec.base)
-    mounts = [(f"~/{REMOTE_DIR}/train.py", script), (f"~/{REMOTE_DIR}/data/train.jsonl", train),
-              (f"~/{REMOTE_DIR}/data/eval.jsonl", eval)]
+    mounts = [(REMOTE.home(REMOTE.script), script), (REMOTE.home(REMOTE.train), train),
+              (REMOTE.home(REMOTE.eval), eval)]
     local_base = Path(base).is_absolute()
     if local_base:
-        mounts.append((f"~/{REMOTE_DIR}/base", Path(base)))
+        mounts.append((REMOTE.home(REMOTE.base), Path(base)))
     return {
         "project": manifest.project.name,
         "specialist": specialist,
@@ -126,8 +129,15 @@ def context(manifest: Manifest, specialist: str, *, script: Path, train: Path, e
         "python": PYTHON,
         "uv_installer": UV_INSTALLER,
         "packages": PACKAGES + (QUANT_PACKAGES if spec.base_precision in QUANT_PRECISIONS else ()),
-        "remote_dir": REMOTE_DIR,
-        "base_arg": "./base" if local_base else base,
+        "remote_root": REMOTE.home(),
+        "remote_out": REMOTE.home(REMOTE.out),
+        "venv": REMOTE.home(REMOTE.venv),
+        "venv_python": REMOTE.home(f"{REMOTE.venv}/bin/python"),
+        "script": REMOTE.script,
+        "train": REMOTE.train,
+        "eval": REMOTE.eval,
+        "out": REMOTE.out,
+        "base_arg": f"./{REMOTE.base}" if local_base else base,
     }
 
 
@@ -187,10 +197,9 @@ def _yaml_scalar(value: Any) -> str:
 # --- launching ------------------------------------------------------------------------------
 
 
-def launch(task_path: Path, *, cluster: str, out: Path, log_file: Path, sky: str = "sky",
-           down: bool = True, idle_minutes: int = 10, price_per_hour: float = 0.0,
-           rsync: str = "rsync") -> dict:
-    """Run the task with ``sky launch``, download its outputs into `out`, tear the cluster down.
+def launch(files: TrainFiles, *, cluster: str, sky: str = "sky", down: bool = True,
+           idle_minutes: int = 10, price_per_hour: float = 0.0, rsync: str = "rsync") -> dict:
+    """Run ``files.sky_task`` with ``sky launch``, download its outputs, tear the cluster down.
 
     Returns the downloaded ``training_summary.json`` plus a ``skypilot`` entry: the cluster,
     the real wall time (provisioning, setup, training, download and teardown: what the
@@ -209,22 +218,21 @@ def launch(task_path: Path, *, cluster: str, out: Path, log_file: Path, sky: str
         raise StageError("rsync is not installed: SkyPilot needs it to upload files and afs "
                          "to download the adapter; install rsync (apt install rsync, brew "
                          "install rsync) and retry")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = _Log(Path(log_file))
+    files.folder.mkdir(parents=True, exist_ok=True)
+    log = _Log(files.log)
     start = _clock()
     argv = [sky_exe, "launch", "-y", "-c", cluster, "--idle-minutes-to-autostop",
             str(idle_minutes)] + (["--down"] if down else [])
     for name in SECRETS:
         if os.environ.get(name):
             argv += ["--secret", name]  # by name: sky reads the value from its environment
-    argv.append(str(task_path))
+    argv.append(str(files.sky_task))
     try:
         rc = log.run(argv)
         if rc != 0:
             raise StageError(f"sky launch failed for cluster {cluster} (exit {rc}); the last "
                              f"lines of {log.path}:\n{log.tail()}")
-        _download(rsync_exe, cluster, out, log)
+        _download(rsync_exe, cluster, files, log)
     except BaseException as exc:
         if down:
             _teardown(sky_exe, cluster, log, failing=exc)
@@ -232,7 +240,7 @@ def launch(task_path: Path, *, cluster: str, out: Path, log_file: Path, sky: str
     if down:
         _teardown(sky_exe, cluster, log, failing=None)
     wall = _clock() - start
-    summary = json.loads((out / "training_summary.json").read_text(encoding="utf-8"))
+    summary = json.loads(files.summary.read_text(encoding="utf-8"))
     summary["skypilot"] = {
         "cluster": cluster,
         "wall_seconds": round(wall, 1),
@@ -242,31 +250,32 @@ def launch(task_path: Path, *, cluster: str, out: Path, log_file: Path, sky: str
     return summary
 
 
-def _download(rsync_exe: str, cluster: str, out: Path, log: "_Log") -> None:
-    """Fetch ``~/afs/out`` (not its checkpoints) into a staging folder, then swap it into `out`.
+def _download(rsync_exe: str, cluster: str, files: TrainFiles, log: "_Log") -> None:
+    """Fetch the remote outputs (not its checkpoints) into a staging folder, then swap them in.
 
     The summary moves last, so a half-done download never looks like a finished run.
     """
-    staging = out / ".download"
+    staging = files.staging
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    source = f"{cluster}:{REMOTE_DIR}/out/"
-    rc = log.run([rsync_exe, "-az", "--exclude", "checkpoints/", source, f"{staging}/"])
+    source = f"{cluster}:{REMOTE.root}/{REMOTE.out}/"
+    excluded = f"{files.checkpoints.relative_to(files.folder).as_posix()}/"
+    rc = log.run([rsync_exe, "-az", "--exclude", excluded, source, f"{staging}/"])
     if rc != 0:
-        raise StageError(f"downloading {source} into {out} failed (rsync exit {rc}); the last "
-                         f"lines of {log.path}:\n{log.tail()}")
-    missing = [name for name in OUTPUTS if not (staging / name).exists()]
+        raise StageError(f"downloading {source} into {files.folder} failed (rsync exit {rc}); the "
+                         f"last lines of {log.path}:\n{log.tail()}")
+    fetched = {path: staging / path.relative_to(files.folder) for path in files.outputs}
+    missing = [path.name for path, got in fetched.items() if not got.exists()]
     if missing:
-        raise StageError(f"the run on {cluster} finished but ~/{REMOTE_DIR}/out lacks "
+        raise StageError(f"the run on {cluster} finished but {REMOTE.home(REMOTE.out)} lacks "
                          f"{', '.join(missing)}; see {log.path}")
-    old = out / ".adapter.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if (out / "adapter").exists():
-        os.replace(out / "adapter", old)
-    os.replace(staging / "adapter", out / "adapter")
-    os.replace(staging / "metrics.jsonl", out / "metrics.jsonl")
-    os.replace(staging / "training_summary.json", out / "training_summary.json")
-    shutil.rmtree(old, ignore_errors=True)
+    for path, got in fetched.items():  # in order: the summary last
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.is_dir():
+            os.replace(path, old)
+        os.replace(got, path)
+        shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -297,7 +306,7 @@ class _Log:
     def run(self, argv: list[str]) -> int:
         shown = " ".join(shlex.quote(Path(a).name if i == 0 else a) for i, a in enumerate(argv))
         with self.path.open("a", encoding="utf-8") as log:
-            log.write(f"$ {shown}\n")
+            log.write(self._redact(f"$ {shown}\n"))
             log.flush()
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             try:
@@ -318,12 +327,13 @@ class _Log:
 
     def note(self, text: str) -> None:
         with self.path.open("a", encoding="utf-8") as log:
-            log.write(f"afs: {text}\n")
+            log.write(self._redact(f"afs: {text}\n"))
 
     def tail(self) -> str:
         return "\n".join(self.lines) or "(no output)"
 
     def _redact(self, line: str) -> str:
+        line = redact(line)  # what the JSON log hides, then the secrets passed by name
         for value in self.secrets:
-            line = line.replace(value, "<redacted>")
+            line = line.replace(value, REDACTED)
         return line

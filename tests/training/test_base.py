@@ -1,4 +1,5 @@
-"""Base models: the checks that keep a model from rambling when served, and the cheap digest."""
+"""Base models: the checks that keep a model from rambling when served, the cheap digest, and the
+embedded model (its table, its unpacking)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from afs_build.errors import StageError
-from afs_build.training import base
-from afs_build.training.base import BaseModelError, base_digest, inspect_base
+from afs_build.training import embedded, unpack
+from afs_build.training.digest import base_digest
+from afs_build.training.inspection import BaseModelError, inspect_base
 from tinymodel import build_tiny_model
 
 
@@ -58,7 +60,7 @@ def test_tiny_model_passes(tiny: Path):
     from safetensors.torch import load_file
 
     weights = load_file(tiny / "model.safetensors")  # tied: lm_head is not stored
-    assert report["params"] == sum(t.numel() for t in weights.values())
+    assert report["params"] == report["params_from_config"] == sum(t.numel() for t in weights.values())
     assert len(report["chat_template_sha256"]) == 64
     json.dumps(report)  # JSON-ready
 
@@ -180,22 +182,18 @@ def test_digest_sees_changed_weights(tiny: Path):
 
 
 def test_locate_embedded():
-    path = base.locate_embedded("smollm2-135m-instruct")
+    path = embedded.locate_embedded("smollm2-135m-instruct")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
 
 
 def test_missing_embedded_package(monkeypatch):
-    monkeypatch.setitem(base.EMBEDDED, "ghost", base.EmbeddedModel(
-        package="llm_ghost_model", file="ghost.gguf", params_b=0.1, license="MIT"))
+    monkeypatch.setitem(embedded.EMBEDDED, "ghost", embedded.EmbeddedModel(
+        package="llm_ghost_model", file="ghost.gguf", params_b=0.1, license="MIT",
+        architecture="LlamaForCausalLM"))
     with pytest.raises(StageError) as err:
-        base.locate_embedded("ghost")
+        embedded.locate_embedded("ghost")
     assert str(err.value) == ("embedded model 'ghost' needs the Python package 'llm-ghost-model', "
                               "which is not installed; run: pip install llm-ghost-model")
-
-
-def test_hub_report_defers_checks():
-    report = base.hub_report("Qwen/Qwen2.5-0.5B-Instruct", "main")
-    assert report["checked"] is False and report["hub"] == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
 @pytest.mark.slow
@@ -203,7 +201,7 @@ def test_materialize_smollm2(tmp_path: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dest = base.materialize_embedded("smollm2-135m-instruct", tmp_path / "hf")
+    dest = unpack.materialize_embedded("smollm2-135m-instruct", tmp_path / "hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left
     report = inspect_base(dest)
     assert report["end_of_turn"] == {"token": "<|im_end|>", "id": 2}
@@ -216,16 +214,13 @@ def test_materialize_smollm2(tmp_path: Path):
     tokenizer = AutoTokenizer.from_pretrained(dest)
     model = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32)
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    try:  # llama.cpp on the GGUF decides what "smollm" tokenization is
-        import llama_cpp
-    except ImportError:
-        llama_cpp = None
-    if llama_cpp is not None:
-        gguf = llama_cpp.Llama(model_path=str(base.locate_embedded("smollm2-135m-instruct")),
-                               vocab_only=True, verbose=False)
-        for text in ("   123  456\t7", "I'm 2nd, you're 3rd. ٣٤٥ ½ ²", "a1b22c333 ¹²³ ①②", "Héllo 東京 🙂"):
-            assert tokenizer(text)["input_ids"] == gguf.tokenize(text.encode(), add_bos=False, special=True)
-        gguf.close()
+    import llama_cpp  # required: llama.cpp on the GGUF decides what "smollm" tokenization is
+
+    gguf = llama_cpp.Llama(model_path=str(embedded.locate_embedded("smollm2-135m-instruct")),
+                           vocab_only=True, verbose=False)
+    for text in ("   123  456\t7", "I'm 2nd, you're 3rd. ٣٤٥ ½ ²", "a1b22c333 ¹²³ ①②", "Héllo 東京 🙂"):
+        assert tokenizer(text)["input_ids"] == gguf.tokenize(text.encode(), add_bos=False, special=True)
+    gguf.close()
 
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                            tokenize=False, add_generation_prompt=True)

@@ -17,6 +17,7 @@ import yaml
 
 from afs_build.errors import StageError
 from afs_build.manifest import load
+from afs_build.paths import TrainFiles
 from afs_build.training import skypilot
 from afs_build.training.skypilot import cluster_name, launch, task_yaml
 
@@ -118,8 +119,19 @@ def gpu_manifest(project, minimal: dict, *, count: int = 4, spot: bool = True, *
 # --- the YAML -------------------------------------------------------------------------------
 
 
-def test_golden_majora(seed):
-    assert render(seed, "majora", Path("/srv/afs/build")) == GOLDEN_MAJORA
+def test_golden_majora_through_the_render_stage(seed, tmp_path):
+    """render:majora's own action, with the seed's build folder moved into the test's folder."""
+    import dataclasses
+
+    from afs_build.paths import Layout
+    from afs_build.stages import render as render_stage
+
+    build = tmp_path / "build"
+    moved = dataclasses.replace(seed, project=dataclasses.replace(seed.project, build_dir=str(build)))
+    assert render_stage.run(moved, "majora") is None
+    text = Layout.of(moved).train("majora").sky_task.read_text()
+    assert text == GOLDEN_MAJORA.replace("/srv/afs/build", str(build))
+    assert render(seed, "majora", Path("/srv/afs/build")) == GOLDEN_MAJORA  # the helper agrees
 
 
 def test_quantized_base_adds_bitsandbytes(seed):
@@ -381,8 +393,7 @@ def calls(state: Path) -> list[list[str]]:
 
 def run_launch(tmp_path, **kw):
     kw.setdefault("cluster", "afs-seed-majora")
-    return launch(tmp_path / "sky.yaml", out=tmp_path / "train", log_file=tmp_path / "train.log",
-                  **kw)
+    return launch(TrainFiles(tmp_path / "train"), **kw)
 
 
 def test_launch_downloads_outputs_and_tears_down(fake, tmp_path, monkeypatch):
@@ -395,15 +406,15 @@ def test_launch_downloads_outputs_and_tears_down(fake, tmp_path, monkeypatch):
     out = tmp_path / "train"
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == b"weights"
     assert (out / "metrics.jsonl").exists() and (out / "training_summary.json").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "metrics.jsonl",
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "metrics.jsonl", "train.log",
                                                      "training_summary.json"]
     launch_argv, rsync_argv, down_argv = calls(fake)
     assert launch_argv == ["launch", "-y", "-c", "afs-seed-majora", "--idle-minutes-to-autostop",
-                           "10", "--down", str(tmp_path / "sky.yaml")]
+                           "10", "--down", str(out / "sky.yaml")]
     assert rsync_argv == ["rsync", "-az", "--exclude", "checkpoints/", "afs-seed-majora:afs/out/",
                           f"{out / '.download'}/"]
     assert down_argv == ["down", "-y", "afs-seed-majora"]
-    log = (tmp_path / "train.log").read_text()
+    log = (out / "train.log").read_text()
     assert "$ sky launch -y -c afs-seed-majora --idle-minutes-to-autostop 10 --down " in log
     assert "Job finished (status: SUCCEEDED)." in log and "$ sky down -y afs-seed-majora" in log
 
@@ -423,8 +434,8 @@ def test_secrets_pass_by_name_and_never_reach_the_log(fake, tmp_path, monkeypatc
     launch_argv = calls(fake)[0]
     assert launch_argv[-3:-1] == ["--secret", "HF_TOKEN"]
     assert not any("hf_SECRET" in a for a in launch_argv)
-    log = (tmp_path / "train.log").read_text()
-    assert "token seen by sky: <redacted>" in log and "hf_SECRET" not in log
+    log = (tmp_path / "train" / "train.log").read_text()
+    assert "token seen by sky: [redacted]" in log and "hf_SECRET" not in log
 
 
 def test_launch_failure_raises_with_the_log_tail_and_still_tears_down(fake, tmp_path,
@@ -432,7 +443,7 @@ def test_launch_failure_raises_with_the_log_tail_and_still_tears_down(fake, tmp_
     monkeypatch.setenv("FAKE_LAUNCH_RC", "3")
     with pytest.raises(StageError) as err:
         run_launch(tmp_path)
-    log = tmp_path / "train.log"
+    log = tmp_path / "train" / "train.log"
     assert str(err.value) == (
         f"sky launch failed for cluster afs-seed-majora (exit 3); the last lines of {log}:\n"
         "Launching afs-seed-majora ...\ntoken seen by sky: none\n"
@@ -456,7 +467,7 @@ def test_missing_outputs_are_an_error(fake, tmp_path, monkeypatch):
     with pytest.raises(StageError) as err:
         run_launch(tmp_path)
     assert str(err.value) == ("the run on afs-seed-majora finished but ~/afs/out lacks adapter, "
-                              f"training_summary.json; see {tmp_path / 'train.log'}")
+                              f"training_summary.json; see {tmp_path / 'train' / 'train.log'}")
     assert calls(fake)[-1] == ["down", "-y", "afs-seed-majora"]
 
 

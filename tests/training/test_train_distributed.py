@@ -1,4 +1,5 @@
-"""The rendered training script under torchrun: two CPU ranks over gloo, on the tiny model.
+"""The rendered training script under torchrun: two CPU ranks over gloo, on the tiny model,
+against the loop module run in this process with one rank.
 
 Two ranks with grad_accum 1 take the same micro-batches per step as one process with grad_accum
 2, and each step's gradient is a sum of two parts either way (autograd's accumulation, or
@@ -19,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from afs_build.training import script
-from test_train_script import (QA, import_script, load_manifest, manifest_dict, metrics, sample,
-                               write_jsonl)
+from afs_build.training import loop, script
+from test_train_script import QA, load_manifest, manifest_dict, metrics, render_through_stage, sample, write_jsonl
 
 STEPS = 8  # 12 samples in micro-batches of 4: 3 per epoch, so rank 1 sits out every 2nd step
 TIMEOUT = 180
@@ -29,26 +29,26 @@ TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """The tiny model, data, and two renderings: grad_accum 1 (run on 2 ranks) and 2 (on one)."""
+    """The tiny model, data, the script for grad_accum 1 (run on 2 ranks, rendered by the stage)
+    and the config for grad_accum 2 (the loop run in this process, on one)."""
     from tinymodel import build_tiny_model
 
     root = tmp_path_factory.mktemp("distributed")
     tiny = build_tiny_model(root / "tiny")
-    scripts = {}
-    for accum in (1, 2):
-        manifest = load_manifest(root, manifest_dict(grad_accum=accum, checkpoint_every=2))
-        scripts[accum] = root / f"train_accum{accum}.py"
-        scripts[accum].write_text(script.render(script.context(manifest, "alpha", base=str(tiny))),
-                                  encoding="utf-8")
+    manifest = load_manifest(root, manifest_dict(grad_accum=1, checkpoint_every=2))
+    rendered = render_through_stage(manifest)
+    accum2 = load_manifest(root, manifest_dict(grad_accum=2, checkpoint_every=2))
     reworded = [sample(q.replace("?", ", please?"), a) for q, a in QA[:4]]
     train = write_jsonl(root / "train.jsonl", [sample(q, a) for q, a in QA] + reworded)
     evaluation = write_jsonl(root / "eval.jsonl", [sample(q, a) for q, a in QA[2:]])  # 2 batches: one per rank
-    return {"root": root, "tiny": tiny, "scripts": scripts, "train": train, "eval": evaluation}
+    return {"root": root, "tiny": tiny, "script": rendered, "train": train, "eval": evaluation,
+            "config1": script.config(manifest, "alpha", base=str(tiny)),
+            "config2": script.config(accum2, "alpha", base=str(tiny))}
 
 
 def torchrun(world, out: Path, **popen) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(world["scripts"][1]), "--base", str(world["tiny"]), "--train", str(world["train"]),
+               str(world["script"]), "--base", str(world["tiny"]), "--train", str(world["train"]),
                "--eval", str(world["eval"]), "--out", str(out), "--max-steps", str(STEPS), "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
@@ -74,15 +74,15 @@ def two_ranks(world):
 
 @pytest.fixture(scope="module")
 def one_process(world):
-    """The reference: one process, grad_accum 2, one thread (in this process, threads restored)."""
+    """The reference: the loop in this process, grad_accum 2, one thread (threads restored)."""
     import torch
 
     out = world["root"] / "one-process"
     threads = torch.get_num_threads()
     try:
-        module = import_script(world["scripts"][2], "rendered_train_accum2")
-        module.main(["--base", str(world["tiny"]), "--train", str(world["train"]), "--eval", str(world["eval"]),
-                     "--out", str(out), "--max-steps", str(STEPS), "--threads", "1"])
+        assert loop.cli(world["config2"], [
+            "--base", str(world["tiny"]), "--train", str(world["train"]), "--eval", str(world["eval"]),
+            "--out", str(out), "--max-steps", str(STEPS), "--threads", "1"]) == 0
     finally:
         torch.set_num_threads(threads)
     return out
@@ -97,14 +97,12 @@ def without_timing(lines: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("ranks, accum", [(1, 1), (2, 1), (2, 3), (3, 2)])
-def test_ranks_split_each_epoch_into_disjoint_shares(world, monkeypatch, ranks, accum):
-    module = import_script(world["scripts"][1], "rendered_train_shares")
-    monkeypatch.setattr(module, "GRAD_ACCUM", accum)
+def test_ranks_split_each_epoch_into_disjoint_shares(ranks, accum):
     units = [[{"id": i}] for i in range(11)]
-    batches = module.micro_batches(units, 2, 7, 0)  # 6 micro-batches, the last of one unit
+    batches = loop.micro_batches(units, 2, 7, 0)  # 6 micro-batches, the last of one unit
     shares = {rank: [] for rank in range(ranks)}
     for index in range(math.ceil(len(batches) / (accum * ranks))):
-        steps = [module.step_batches(batches, index, rank, ranks) for rank in range(ranks)]
+        steps = [loop.step_batches(batches, index, rank, ranks, accum) for rank in range(ranks)]
         assert all(group == steps[0][0] for group, _ in steps)  # every rank sees the same step
         assert sum(len(mine) for _, mine in steps) == len(steps[0][0])
         for rank, (_, mine) in enumerate(steps):

@@ -1,9 +1,10 @@
-"""The rendered training script: its text, its data handling, and real runs on a tiny model."""
+"""The training loop (afs_build/training/loop.py) tested directly with a TrainConfig, the script
+rendered from it through the render stage, and real runs of that script on a tiny model."""
 
 from __future__ import annotations
 
 import ast
-import importlib.util
+import dataclasses
 import json
 import os
 import signal
@@ -15,9 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from afs_build import graph
 from afs_build import manifest as manifest_module
 from afs_build.errors import StageError
-from afs_build.training import local, script
+from afs_build.paths import Layout, TrainFiles
+from afs_build.post.architectures import FAMILIES
+from afs_build.stages import render as render_stage
+from afs_build.training import local, loop, script
+from afs_build.uptodate import SliceChanged
 
 SYSTEM_PROMPT = 'You answer "briefly"; it\'s a test.\nSecond line with a \\ backslash and """ quotes.'
 ROLE = "Test specialist\nwith a newline; import os"
@@ -83,151 +89,234 @@ def load_manifest(root: Path, data: dict):
     return manifest_module.load(root / "afs.yaml")
 
 
-def import_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def render_through_stage(manifest, name: str = "alpha") -> Path:
+    """Run render:<name>'s own action (as doit would) and return the script it wrote."""
+    assert render_stage.run(manifest, name) is None  # None: the task succeeded
+    return Layout.of(manifest).train(name).script
+
+
+def render_task(manifest, name: str = "alpha") -> dict:
+    return next(t for t in graph.all_tasks(manifest) if t["name"] == f"render:{name}")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A project with the tiny model, its rendered script, the script as a module, and data."""
+    """A project with the tiny model, its script rendered by the stage, its config, and data."""
     from tinymodel import build_tiny_model
 
     root = tmp_path_factory.mktemp("project")
     tiny = build_tiny_model(root / "tiny")
     manifest = load_manifest(root, manifest_dict())
-    path = root / "train.py"
-    path.write_text(script.render(script.context(manifest, "alpha", base=str(tiny))), encoding="utf-8")
+    path = render_through_stage(manifest)
     train = write_jsonl(root / "train.jsonl", [sample(q, a) for q, a in QA])
     evaluation = write_jsonl(root / "eval.jsonl", [sample(q, a) for q, a in QA[:3]])
     return {"root": root, "tiny": tiny, "manifest": manifest, "script": path, "train": train,
-            "eval": evaluation, "module": import_script(path, "rendered_train")}
+            "eval": evaluation, "config": script.config(manifest, "alpha", base=str(tiny))}
 
 
 @pytest.fixture(scope="module")
 def full_run(world):
-    """One uninterrupted 30-step run through run_local (the reference for later tests)."""
-    out = world["root"] / "full"
-    summary = local.run_local(world["script"], base=world["tiny"], train=world["train"], eval=world["eval"],
-                              out=out, log_file=out / "train.log", max_steps=30)
-    return out, summary
+    """One uninterrupted 30-step run of the rendered script through run_local (the reference)."""
+    files = TrainFiles(world["root"] / "full")
+    summary = local.run_local(world["script"], files, base=world["tiny"], train=world["train"],
+                              eval=world["eval"], max_steps=30)
+    return files.folder, summary
 
 
 def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-# --- the rendered text ------------------------------------------------------------------------
+# --- the config and the rendered text -------------------------------------------------------
 
 
-def test_context_keys(world):
-    ctx = script.context(world["manifest"], "alpha", base="some/model")
-    assert sorted(ctx) == sorted([
-        "specialist", "title", "role", "manifest_file", "manifest_digest", "base", "base_revision",
-        "train_data", "eval_data", "seed", "system_prompt", "lora_r", "lora_alpha", "lora_dropout",
-        "lora_targets", "epochs", "learning_rate", "lr_schedule", "warmup_ratio", "weight_decay",
-        "max_grad_norm", "batch_size", "grad_accum", "max_seq_len", "packing",
-        "gradient_checkpointing", "checkpoint_every", "base_precision"])
-    assert ctx["train_data"] == "../../../data/mix/alpha/train.jsonl"
-    assert ctx["base_revision"] is None  # a path model has no hub revision
+def test_config_comes_from_the_manifest_the_layout_and_the_defaults(world):
+    config, manifest = world["config"], world["manifest"]
+    assert [f.name for f in dataclasses.fields(config)] == list(loop.knob_docs())
+    assert config.train_data == "../../../data/mix/alpha/train.jsonl"
+    assert config.base_revision is None  # a path model has no hub revision
+    files = Layout.of(manifest).train("alpha")
+    outputs = (config.metrics_file, config.checkpoints_dir, config.adapter_dir, config.summary_file)
+    assert tuple(files.folder / name for name in outputs) == (
+        files.metrics, files.checkpoints, files.adapter, files.summary)
+    assert config.architectures == tuple(sorted(FAMILIES))
+    assert (config.lr_schedule, config.weight_decay, config.max_grad_norm) == (
+        script.DEFAULTS["lr_schedule"], script.DEFAULTS["weight_decay"], script.DEFAULTS["max_grad_norm"])
+    # the digest the script carries is the one the render task compares
+    (check,) = [u for u in render_task(manifest)["uptodate"] if isinstance(u, SliceChanged)]
+    assert config.manifest_digest == check.digest
 
 
-def test_header_and_config_block(world):
-    manifest = world["manifest"]
-    text = script.render(script.context(manifest, "alpha", base="models/tiny"))
-    lines = text.splitlines()
-    assert lines[:4] == [
-        "#!/usr/bin/env python3",
-        "# LoRA fine-tune of the specialist alpha: Alpha v1, Test specialist with a newline; import os.",
-        "#",
-        f"# Rendered by afs from afs.yaml (manifest digest {manifest.digest}). Do not edit",
-    ]
-    start = lines.index("# the specialist this script trains")
-    end = next(i for i, line in enumerate(lines) if line.startswith("BASE_PRECISION = "))
-    assert "\n".join(lines[start:end + 1]) == GOLDEN_CONFIG.format(digest=manifest.digest).rstrip("\n")
-    # every knob has its one-line comment right above it
-    knobs = [i for i in range(start, end + 1) if lines[i][:1].isupper()]
-    assert all(lines[i - 1].startswith("# ") or lines[i - 1][:1].isupper() for i in knobs)
+def test_config_refuses_unknown_values(world):
+    with pytest.raises(loop.ConfigError, match=r"lr_schedule 'step': expected one of \('cosine', 'linear'\)"):
+        dataclasses.replace(world["config"], lr_schedule="step")
+    with pytest.raises(TypeError):
+        loop.TrainConfig(specialist="x")  # every knob is explicit: no hidden defaults
 
 
-GOLDEN_CONFIG = r'''# the specialist this script trains
-SPECIALIST = 'alpha'
-# digest of the manifest settings this script was rendered from
-MANIFEST_DIGEST = '{digest}'
-# base model (--base): a local Hugging Face folder or a hub id
-BASE = 'models/tiny'
-# hub revision to pin (branch, tag or commit); ignored for a local folder
-BASE_REVISION = None
-# training and evaluation samples (--train, --eval), JSONL of canonical samples; relative paths
-# are relative to this script's folder, as is the default output folder (--out)
-TRAIN_DATA = '../../../data/mix/alpha/train.jsonl'
-EVAL_DATA = '../../../data/mix/alpha/eval.jsonl'
-# seed for the LoRA initialization, dropout and the data order: a CPU run repeats exactly
-SEED = 7
-# system prompt inserted as the first turn of every sample that has none ('' for none)
-SYSTEM_PROMPT = 'You answer "briefly"; it\'s a test.\nSecond line with a \\ backslash and """ quotes.'
-# LoRA rank: the width of the low-rank update to each adapted matrix
-LORA_R = 16
-# LoRA alpha: the update is scaled by alpha / r
-LORA_ALPHA = 32.0
-# dropout on the LoRA path's input
-LORA_DROPOUT = 0.0
-# module names to adapt (the last part of the module path, e.g. q_proj)
-LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
-# passes over the training split (a fraction ends part-way through the last pass)
-EPOCHS = 20.0
-# peak learning rate, reached after the warmup
-LEARNING_RATE = 0.003
-# learning-rate schedule after the warmup: 'cosine' or 'linear' decay to zero
-LR_SCHEDULE = 'cosine'
-# fraction of the optimizer steps spent warming the learning rate up from zero
-WARMUP_RATIO = 0.1
-# AdamW weight decay on the LoRA weights
-WEIGHT_DECAY = 0.0
-# gradients are clipped to this global norm
-MAX_GRAD_NORM = 1.0
-# sequences per micro-batch (packed rows when PACKING is on)
-BATCH_SIZE = 4
-# micro-batches per optimizer step
-GRAD_ACCUM = 1
-# longest sequence in tokens: longer samples are cut, packed rows hold at most this many
-MAX_SEQ_LEN = 128
-# pack short samples into rows of MAX_SEQ_LEN (they never attend to each other); else pad
-PACKING = False
-# recompute activations in the backward pass: less memory, about a third more time
-GRADIENT_CHECKPOINTING = False
-# save a resumable checkpoint every this many optimizer steps (and after the last)
-CHECKPOINT_EVERY = 5
-# frozen base weights: auto (float32 on CPU, bfloat16 or float16 on a GPU), float32,
-# bfloat16, float16, or 8bit / 4bit (QLoRA, CUDA and bitsandbytes only)
-BASE_PRECISION = 'auto'
+GOLDEN_HEAD = '''#!/usr/bin/env python3
+# LoRA fine-tune of the specialist alpha: Alpha v1, Test specialist with a newline; import os.
+#
+# Rendered by afs from afs.yaml, training settings digest (the one the build compares):
+#     {digest}
+# Do not edit this file: edit the manifest and render it again. It needs only torch,
+# transformers and peft (and bitsandbytes for a 4bit/8bit base), and runs the same on a laptop
+# CPU or a rented GPU:
+#
+#     python train.py --base BASE --train train.jsonl --eval eval.jsonl --out OUT [--max-steps N]
+#     python -m torch.distributed.run --standalone --nproc_per_node N train.py ...
+#
+# Its first step checks the base model's config, tokenizer and chat template (seconds, before
+# any weight is loaded; `--check-only` stops there). Read it top to bottom: this configuration,
+# then the training loop (afs_build/training/loop.py, verbatim), then the line that runs it.
+
+# -----------------------------------------------------------------------------------------------
+# Configuration, from the manifest. Paths and the base model can be overridden on the command
+# line (--help); the training knobs are the manifest's, so the build knows what it trained.
+# -----------------------------------------------------------------------------------------------
+
+CONFIG = dict(
+    # the specialist this script trains
+    specialist='alpha',
+    # digest of the manifest settings this script was rendered from (the one the build compares)
+    manifest_digest='{digest}',
+    # base model (--base): a local Hugging Face folder or a hub id
+    base='{base}',
+    # hub revision to pin (branch, tag or commit); ignored for a local folder
+    base_revision=None,
+    # training samples (--train), JSONL of canonical samples; relative paths are relative to this
+    # script's folder, as is the default output folder (--out)
+    train_data='../../../data/mix/alpha/train.jsonl',
+    # evaluation samples (--eval); a missing file skips evaluation
+    eval_data='../../../data/mix/alpha/eval.jsonl',
+    # written into the output folder: one JSON line per optimizer step
+    metrics_file='metrics.jsonl',
+    # written into the output folder: the latest resumable checkpoint
+    checkpoints_dir='checkpoints',
+    # written into the output folder: the trained adapter (peft format) with the tokenizer
+    adapter_dir='adapter',
+    # written into the output folder, last: the run's summary (the build's signal that training
+    # finished)
+    summary_file='training_summary.json',
+    # model architectures afs can convert to GGUF after training; the first step refuses any other
+    # base (empty: no check)
+    architectures=('LlamaForCausalLM', 'Qwen2ForCausalLM'),
+    # seed for the LoRA initialization, dropout and the data order: a CPU run repeats exactly
+    seed=7,
+    # system prompt inserted as the first turn of every sample that has none ('' for none)
+    system_prompt='You answer "briefly"; it\\'s a test.\\nSecond line with a \\\\ backslash and """ quotes.',
+    # LoRA rank: the width of the low-rank update to each adapted matrix
+    lora_r=16,
+    # LoRA alpha: the update is scaled by alpha / r
+    lora_alpha=32.0,
+    # dropout on the LoRA path's input
+    lora_dropout=0.0,
+    # module names to adapt (the last part of the module path, e.g. q_proj), or ('all-linear',)
+    lora_targets=('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'),
+    # passes over the training split (a fraction ends part-way through the last pass)
+    epochs=20.0,
+    # peak learning rate, reached after the warmup
+    learning_rate=0.003,
+    # learning-rate schedule after the warmup: 'cosine' or 'linear' decay to zero
+    lr_schedule='cosine',
+    # fraction of the optimizer steps spent warming the learning rate up from zero
+    warmup_ratio=0.1,
+    # AdamW weight decay on the LoRA weights
+    weight_decay=0.0,
+    # gradients are clipped to this global norm
+    max_grad_norm=1.0,
+    # sequences per micro-batch (packed rows when packing is on)
+    batch_size=4,
+    # micro-batches per optimizer step (on each rank)
+    grad_accum=1,
+    # longest sequence in tokens: longer samples are cut, packed rows hold at most this many
+    max_seq_len=128,
+    # pack short samples into rows of max_seq_len (they never attend to each other); else pad
+    packing=False,
+    # recompute activations in the backward pass: less memory, about a third more time
+    gradient_checkpointing=False,
+    # save a resumable checkpoint every this many optimizer steps (and after the last)
+    checkpoint_every=5,
+    # frozen base weights: auto (float32 on CPU, bfloat16 or float16 on a GPU), float32, bfloat16,
+    # float16, or 8bit / 4bit (QLoRA, CUDA and bitsandbytes only)
+    base_precision='auto',
+)
+
+# -----------------------------------------------------------------------------------------------
+# The training loop
+# -----------------------------------------------------------------------------------------------
+
+'''
+GOLDEN_TAIL = '''
+
+if __name__ == "__main__":
+    sys.exit(cli(TrainConfig(**CONFIG)))
 '''
 
 
-def test_render_parses_quotes_safely_and_is_deterministic(world):
-    ctx = script.context(world["manifest"], "alpha", base="a 'quoted' \"base\"")
-    text = script.render(ctx)
-    assert text == script.render(script.context(world["manifest"], "alpha", base="a 'quoted' \"base\""))
-    tree = ast.parse(text)
-    values = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
-              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-              and node.targets[0].id in ("SYSTEM_PROMPT", "BASE", "LORA_TARGETS")}
-    assert values == {"SYSTEM_PROMPT": SYSTEM_PROMPT, "BASE": "a 'quoted' \"base\"",
-                      "LORA_TARGETS": list(ctx["lora_targets"])}
-    # the role's newline did not escape the comment: nothing but comments before the imports
-    head = text[:text.index("from __future__")].splitlines()
+def test_golden_script_through_the_render_stage(world):
+    """Header and config block, then the loop module verbatim, then the line that runs it."""
+    text = world["script"].read_text()
+    head = GOLDEN_HEAD.format(digest=world["config"].manifest_digest, base=world["tiny"])
+    assert text == head + Path(loop.__file__).read_text() + GOLDEN_TAIL
+    assert "import afs_build" not in text and "from afs_build" not in text
+
+
+def config_block(text: str) -> dict:
+    """The CONFIG keywords of a rendered script, each value read back as a literal."""
+    (call,) = [node.value for node in ast.parse(text).body
+               if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CONFIG"]
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
+def test_values_round_trip_through_hostile_quotes(world):
+    base = "a 'quoted' \"base\"\nwith a newline"
+    config = script.config(world["manifest"], "alpha", base=base)
+    text = script.render(config, script.header(world["manifest"], "alpha"))
+    assert text == script.render(config, script.header(world["manifest"], "alpha"))  # deterministic
+    assert config_block(text) == dataclasses.asdict(config)
+    # the role's newline did not escape the comment: nothing but comments before CONFIG
+    head = text[:text.index("CONFIG = dict(")].splitlines()
     assert all(line.startswith("#") or not line for line in head)
 
 
-def test_render_is_strict_about_missing_values(world):
-    import jinja2
+def test_every_knob_has_its_comment_right_above_it(world):
+    lines = world["script"].read_text().splitlines()
+    start = lines.index("CONFIG = dict(") + 1
+    end = lines.index(")", start)
+    names = [line.split("=", 1)[0].strip() for line in lines[start:end] if not line.lstrip().startswith("#")]
+    assert names == list(loop.knob_docs())
+    for i in range(start, end):
+        if not lines[i].lstrip().startswith("#"):
+            assert lines[i - 1].lstrip().startswith("# ")
 
-    ctx = script.context(world["manifest"], "alpha", base="x")
-    del ctx["lora_r"]
-    with pytest.raises(jinja2.UndefinedError, match="lora_r"):
-        script.render(ctx)
+
+def test_rendered_script_compiles_and_lints_clean(world):
+    compile(world["script"].read_text(), str(world["script"]), "exec")
+    ruff = subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True)
+    if ruff.returncode != 0:
+        pytest.skip("ruff is not installed here (the compile check above ran)")
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "F,E9",
+                             str(world["script"]), loop.__file__], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_loop_stands_alone_and_imports_light():
+    """loop.py imports only the standard library at the top (torch & co. inside functions), and
+    importing it, or the afs modules that share its helpers, loads no torch."""
+    tree = ast.parse(Path(loop.__file__).read_text())
+    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert top <= set(sys.stdlib_module_names), top - set(sys.stdlib_module_names)
+    inner = {alias.name.split(".")[0] if isinstance(node, ast.Import) else node.module.split(".")[0]
+             for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+             for alias in node.names} - top
+    assert inner <= {"torch", "transformers", "peft", "bitsandbytes", "resource"}, inner
+    probe = ("import sys, afs_build.training.loop, afs_build.estimate, afs_build.checks, "
+             "afs_build.training.inspection; print(sorted(m for m in ('torch', 'transformers', "
+             "'peft', 'jinja2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --- data: chat template, masks, tools, packing -------------------------------------------------
@@ -245,11 +334,11 @@ def labelled_text(tokenizer, item) -> str:
 
 
 def test_labels_cover_the_assistant_only(world, tokenizer):
-    mod = world["module"]
+    config = world["config"]
     two_turns = {**sample("Hi?", "Hello."), "messages": [
         {"role": "user", "content": "What is 12 plus 30?"}, {"role": "assistant", "content": "42."},
         {"role": "user", "content": "And 7 times 6?"}, {"role": "assistant", "content": "Also 42."}]}
-    (item,), dropped = mod.tokenize(tokenizer, [two_turns], mod.SYSTEM_PROMPT, 128)
+    (item,), dropped = loop.tokenize(tokenizer, [two_turns], config.system_prompt, 128)
     assert dropped == 0
     assert labelled_text(tokenizer, item) == "42.<|im_end|>Also 42.<|im_end|>"
     # every user and system token, and the template around them, is -100
@@ -262,20 +351,19 @@ def test_labels_cover_the_assistant_only(world, tokenizer):
 
 def test_prefix_diff_mask_matches_generation_markers(world, tokenizer):
     """Without {% generation %} markers the mask comes from rendering prefixes: the same labels."""
-    mod = world["module"]
     samples = [sample(q, a) for q, a in QA] + [TOOL_SAMPLE]
-    marked, dropped = mod.tokenize(tokenizer, samples, mod.SYSTEM_PROMPT, 1024)
+    marked, dropped = loop.tokenize(tokenizer, samples, SYSTEM_PROMPT, 1024)
     assert dropped == 0
     plain = type(tokenizer).from_pretrained(world["tiny"])
     plain.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    assert not mod.has_generation_markers(plain.chat_template)
-    diffed, _ = mod.tokenize(plain, samples, mod.SYSTEM_PROMPT, 1024)
+    assert loop.has_generation_markers(tokenizer.chat_template)
+    assert not loop.has_generation_markers(plain.chat_template)
+    diffed, _ = loop.tokenize(plain, samples, SYSTEM_PROMPT, 1024)
     assert diffed == marked
 
 
-def test_tool_calls_as_text_without_template_support(world, tokenizer):
-    mod = world["module"]
-    (item,), _ = mod.tokenize(tokenizer, [TOOL_SAMPLE], "", 1024)
+def test_tool_calls_as_text_without_template_support(tokenizer):
+    (item,), _ = loop.tokenize(tokenizer, [TOOL_SAMPLE], "", 1024)
     text = tokenizer.decode(item["input_ids"])
     assert '<|im_start|>system\nYou can call these tools:\n{"name": "lookup"' in text
     assert '<|im_start|>user\n<tool_response>\n{"address": "$00:8000"}\n</tool_response><|im_end|>' in text
@@ -286,10 +374,9 @@ def test_tool_calls_as_text_without_template_support(world, tokenizer):
 def test_tool_calls_through_a_template_that_knows_tools(world):
     from transformers import AutoTokenizer
 
-    mod = world["module"]
     tokenizer = AutoTokenizer.from_pretrained(world["tiny"])
     tokenizer.chat_template = TOOLS_TEMPLATE
-    (item,), _ = mod.tokenize(tokenizer, [TOOL_SAMPLE], "", 1024)
+    (item,), _ = loop.tokenize(tokenizer, [TOOL_SAMPLE], "", 1024)
     text = tokenizer.decode(item["input_ids"])
     assert text.startswith('<|im_start|>system\nTOOLS [{"type": "function", "function": {"name": "lookup"')
     assert "<|im_start|>tool\n{\"address\": \"$00:8000\"}<|im_end|>" in text
@@ -297,21 +384,30 @@ def test_tool_calls_through_a_template_that_knows_tools(world):
                                               '<|im_end|>NMI is at $00:8000.<|im_end|>')
 
 
-def test_truncation_and_dropping(world, tokenizer):
-    mod = world["module"]
+def test_truncation_and_dropping(tokenizer):
     long_answer = sample("Tell me.", "Paris is the capital of France. " * 40)
     long_question = sample("Paris is the capital of France. " * 40, "Yes.")
-    kept, dropped = mod.tokenize(tokenizer, [long_answer, long_question], "", 64)
+    kept, dropped = loop.tokenize(tokenizer, [long_answer, long_question], "", 64)
     assert dropped == 1 and len(kept[0]["input_ids"]) == 64
 
 
-def test_pack_fits_rows_and_keeps_every_sample(world):
-    mod = world["module"]
+def test_pack_fits_rows_and_keeps_every_sample():
     samples = [{"input_ids": [i] * n, "labels": [i] * n} for i, n in enumerate([50, 70, 30, 20, 100, 10, 60])]
-    rows = mod.pack(samples, 128)
+    rows = loop.pack(samples, 128)
     assert all(sum(len(s["input_ids"]) for s in row) <= 128 for row in rows)
     assert sorted(s["input_ids"][0] for row in rows for s in row) == list(range(7))
     assert len(rows) == 3  # 340 tokens in rows of 128
+    assert loop.units_of(samples, True, 128) == rows
+    assert loop.units_of(samples, False, 128) == [[s] for s in samples]
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    cosine = [loop.schedule(s, 10, 2, "cosine") for s in range(10)]
+    linear = [loop.schedule(s, 10, 2, "linear") for s in range(10)]
+    assert cosine[:2] == linear[:2] == [1 / 3, 2 / 3]
+    assert cosine[2] == linear[2] == 1.0
+    assert cosine[6] == pytest.approx(0.5) and linear[6] == pytest.approx(0.5)
+    assert cosine[7] < linear[7] and all(a >= b for a, b in zip(cosine[2:], cosine[3:]))
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +419,7 @@ def lora_model(world):
     for attn in ("sdpa", "eager"):
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(world["tiny"], attn_implementation=attn)
-        model = world["module"].add_lora(base, None)
+        model = loop.add_lora(base, world["config"])
         for name, param in model.named_parameters():  # a non-zero LoRA B, so the adapter matters
             if "lora_B" in name:
                 param.data.normal_(0, 0.02)
@@ -332,21 +428,21 @@ def lora_model(world):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_loss_equals_the_per_sample_losses(world, tokenizer, lora_model, attn):
+def test_packed_loss_equals_the_per_sample_losses(tokenizer, lora_model, attn):
     import torch
 
-    mod, model = world["module"], lora_model[attn]
-    items, _ = mod.tokenize(tokenizer, [sample(q, a) for q, a in QA], "", 128)
+    model = lora_model[attn]
+    items, _ = loop.tokenize(tokenizer, [sample(q, a) for q, a in QA], "", 128)
     device = torch.device("cpu")
     with torch.no_grad():
-        alone = [mod.loss_sum(model, mod.collate([[s]], 0, attn), device).item() for s in items]
-        padded = mod.loss_sum(model, mod.collate([[s] for s in items], 0, attn), device).item()
+        alone = [loop.loss_sum(model, loop.collate([[s]], 0, attn), device).item() for s in items]
+        padded = loop.loss_sum(model, loop.collate([[s] for s in items], 0, attn), device).item()
         rows = [items[:3], items[3:5], items[5:]]  # rows of different widths: padding and packing
-        batch = mod.collate(rows, 0, attn)
-        packed = mod.loss_sum(model, batch, device).item()
+        batch = loop.collate(rows, 0, attn)
+        packed = loop.loss_sum(model, batch, device).item()
     assert batch["position_ids"][0, :len(items[0]["input_ids"]) + 2].tolist()[-2:] == [0, 1]
     # padded rows keep counting (a restart would make transformers build a packed-sequence mask)
-    padded_batch = mod.collate([[s] for s in items], 0, attn)
+    padded_batch = loop.collate([[s] for s in items], 0, attn)
     assert padded_batch["attention_mask"] is None
     assert (padded_batch["position_ids"] == torch.arange(padded_batch["position_ids"].shape[1])).all()
     assert batch["tokens"] == sum(len(s["input_ids"]) for s in items)
@@ -354,27 +450,47 @@ def test_packed_loss_equals_the_per_sample_losses(world, tokenizer, lora_model, 
     assert packed == pytest.approx(sum(alone), rel=1e-5)
 
 
-def test_missing_lora_targets_name_the_linear_modules(world, monkeypatch):
+def test_checkpoints_are_atomic_and_only_the_latest_is_kept(world, lora_model, tmp_path):
+    """A checkpoint appears complete under its name or not at all; a half-written one is ignored."""
+    import torch
+
+    model = lora_model["sdpa"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: loop.schedule(s, 10, 1))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    folder = tmp_path / "checkpoints"
+    for step in (3, 6):
+        loop.save_checkpoint(folder, model, optimizer, scheduler, scaler, {"step": step, "fingerprint": "f"})
+    (folder / ".tmp-step-000009" / "adapter").mkdir(parents=True)  # what a kill mid-write leaves
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-step-000009", "step-000006"]
+    assert loop.latest_checkpoint(folder).name == "step-000006"
+    torch.manual_seed(123)
+    expected = torch.get_rng_state()
+    loop.save_checkpoint(folder, model, optimizer, scheduler, scaler, {"step": 7, "fingerprint": "f"})
+    torch.manual_seed(0)
+    state = loop.load_checkpoint(loop.latest_checkpoint(folder), model, optimizer, scheduler, scaler)
+    assert state == {"step": 7, "fingerprint": "f"} and torch.equal(torch.get_rng_state(), expected)
+
+
+def test_missing_lora_targets_name_the_linear_modules(world):
     from transformers import AutoModelForCausalLM
 
-    mod = world["module"]
-    monkeypatch.setattr(mod, "LORA_TARGETS", ["q_proj", "c_attn", "qkv"])
+    config = dataclasses.replace(world["config"], lora_targets=("q_proj", "c_attn", "qkv"))
     base = AutoModelForCausalLM.from_pretrained(world["tiny"])
-    with pytest.raises(mod.ConfigError) as err:
-        mod.add_lora(base, None)
+    with pytest.raises(loop.ConfigError) as err:
+        loop.add_lora(base, config)
     assert str(err.value) == (
         "LoRA targets not in the model: 'c_attn', 'qkv'; its linear modules are: 'down_proj', "
         "'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj' (set lora.targets of the "
         "specialist 'alpha' in the manifest)")
 
 
-def test_quantized_base_needs_cuda(world, monkeypatch):
+def test_quantized_base_needs_cuda():
     import torch
 
-    mod = world["module"]
-    monkeypatch.setattr(mod, "BASE_PRECISION", "4bit")
-    with pytest.raises(mod.ConfigError) as err:
-        mod.precision(torch.device("cpu"))
+    with pytest.raises(loop.ConfigError) as err:
+        loop.precision("4bit", torch.device("cpu"))
     assert str(err.value) == ("base_precision '4bit' needs a CUDA GPU and bitsandbytes, but this run "
                               "is on cpu; use base_precision: auto to train here")
 
@@ -385,20 +501,51 @@ def test_quantized_base_needs_cuda(world, monkeypatch):
     ("fp asimd bf16 i8mm", "bfloat16"),                        # Arm (Features line)
     ("fpu avx2 avx512f avx512bw", None),                       # AVX-512 without BF16: emulated
 ])
-def test_cpu_autocast_follows_the_cpu_flags(world, monkeypatch, tmp_path, flags, want):
+def test_cpu_autocast_follows_the_cpu_flags(tmp_path, flags, want):
     import torch
 
-    mod = world["module"]
     key = "Features" if "asimd" in flags else "flags"
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t\t: {flags}\n")
-    real_path = mod.Path
-    monkeypatch.setattr(mod, "Path", lambda p, *a: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p, *a))
-    weights, amp, quantization = mod.precision(torch.device("cpu"))
+    bf16 = loop.cpu_has_bfloat16(cpuinfo)
+    weights, amp, quantization = loop.precision("auto", torch.device("cpu"), cpu_bf16=bf16)
     assert (weights, quantization) == (torch.float32, None)
     assert (None if amp is None else str(amp).replace("torch.", "")) == want
-    monkeypatch.setattr(mod, "BASE_PRECISION", "float32")  # plain float32 on any CPU
-    assert mod.precision(torch.device("cpu")) == (torch.float32, None, None)
+    # plain float32 on any CPU
+    assert loop.precision("float32", torch.device("cpu"), cpu_bf16=bf16) == (torch.float32, None, None)
+
+
+# --- the first step: the base checked before any weight is loaded --------------------------------
+
+
+def test_an_unsupported_architecture_fails_in_seconds_before_any_weight(world, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(world["tiny"], tmp_path / "gpt2ish"))
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"not weights: never read")
+    files = TrainFiles(tmp_path / "out")
+    started = time.monotonic()
+    with pytest.raises(StageError) as err:
+        local.run_local(world["script"], files, base=folder, train=world["train"], eval=world["eval"])
+    assert time.monotonic() - started < 120  # the imports; the weights would have failed to load
+    assert str(err.value).endswith(
+        "ERROR: the base model fails the checks afs makes before training:\n"
+        f"{folder}: architecture 'GPT2LMHeadModel' cannot be converted to GGUF by afs, so a "
+        "specialist trained on it could not be served; expected one of: 'LlamaForCausalLM', "
+        "'Qwen2ForCausalLM'")
+    assert not files.metrics.exists() and not files.checkpoints.exists()
+
+
+def test_check_only_stops_after_the_checks(world, tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(world["script"]), "--base", str(world["tiny"]),
+                           "--out", str(out), "--check-only"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"alpha: base {world['tiny']} passes the checks"
+    assert not out.exists()
 
 
 # --- real runs ----------------------------------------------------------------------------------
@@ -418,10 +565,15 @@ def test_training_run_learns_and_writes_its_outputs(world, full_run):
     assert summary["train_loss"] == losses[-1]
     assert summary["device"] == "cpu" and summary["peak_memory_bytes"] > 0
     assert summary["hyperparameters"]["system_prompt"] == SYSTEM_PROMPT
-    assert summary["manifest_digest"] == world["manifest"].digest
+    assert summary["hyperparameters"] == loop.hyperparameters(world["config"])
+    assert summary["manifest_digest"] == world["config"].manifest_digest
+    assert summary["base_warnings"] == []
     assert set(summary["versions"]) == {"python", "torch", "transformers", "peft"}
     assert json.loads((out / "training_summary.json").read_text()) == summary
     assert not list(out.glob(".*tmp*"))  # nothing half-written left behind
+    (checkpoint,) = (out / "checkpoints").glob("step-*")  # only the latest is kept
+    assert checkpoint.name == "step-000030" and not list((out / "checkpoints").glob(".tmp-*"))
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["adapter", "state.json", "trainer.pt"]
 
 
 def test_adapter_loads_onto_the_base_with_peft(world, full_run):
@@ -441,14 +593,26 @@ def test_adapter_loads_onto_the_base_with_peft(world, full_run):
 
 
 def test_runs_repeat_exactly(world, tmp_path):
-    """Same seed, same machine: the same loss at every step (in-process, 6 steps each)."""
-    mod = world["module"]
+    """Same seed, same machine: the same loss at every step (the loop in-process, 6 steps each)."""
     runs = []
     for name in ("one", "two"):
-        mod.main(["--base", str(world["tiny"]), "--train", str(world["train"]), "--eval", str(world["eval"]),
-                  "--out", str(tmp_path / name), "--max-steps", "6"])
+        code = loop.cli(world["config"], ["--base", str(world["tiny"]), "--train", str(world["train"]),
+                                          "--eval", str(world["eval"]), "--out", str(tmp_path / name),
+                                          "--max-steps", "6"])
+        assert code == 0
         runs.append([m["loss"] for m in metrics(tmp_path / name)])
     assert runs[0] == runs[1] and len(runs[0]) == 6
+
+
+def test_output_names_come_from_the_config(world, tmp_path):
+    config = dataclasses.replace(world["config"], metrics_file="m.jsonl", checkpoints_dir="ck",
+                                 adapter_dir="lora", summary_file="done.json")
+    out = tmp_path / "out"
+    summary = loop.train(config, loop.parse_args(config, [
+        "--base", str(world["tiny"]), "--train", str(world["train"]), "--eval", str(world["eval"]),
+        "--out", str(out), "--max-steps", "2"]))
+    assert sorted(p.name for p in out.iterdir()) == ["ck", "done.json", "lora", "m.jsonl"]
+    assert json.loads((out / "done.json").read_text()) == summary
 
 
 @pytest.mark.slow
@@ -458,7 +622,7 @@ def test_resumes_after_sigkill(world, full_run):
                "--eval", str(world["eval"]), "--out", str(out), "--max-steps", "30"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not list((out / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
@@ -467,9 +631,10 @@ def test_resumes_after_sigkill(world, full_run):
     at = int(checkpoint.name.split("-")[1])
     assert 0 < at < 30, "the run ended before it could be killed"
 
-    summary = local.run_local(world["script"], base=world["tiny"], train=world["train"], eval=world["eval"],
-                              out=out, log_file=out / "train.log", max_steps=30)
-    log = (out / "train.log").read_text()
+    files = TrainFiles(out)
+    summary = local.run_local(world["script"], files, base=world["tiny"], train=world["train"],
+                              eval=world["eval"], max_steps=30)
+    log = files.log.read_text()
     assert f"resuming from step-{at:06d} (step {at})" in log
     assert f"step {at + 1}/30 " in log and "step 1/30 " not in log
     assert summary["resumed_from_step"] == at and summary["steps"] == 30
@@ -478,13 +643,27 @@ def test_resumes_after_sigkill(world, full_run):
 
 
 def test_failure_quotes_the_log(world, tmp_path):
+    files = TrainFiles(tmp_path / "out")
     with pytest.raises(StageError) as err:
-        local.run_local(world["script"], base=world["tiny"], train=tmp_path / "missing.jsonl",
-                        eval=world["eval"], out=tmp_path / "out", log_file=tmp_path / "train.log")
+        local.run_local(world["script"], files, base=world["tiny"], train=tmp_path / "missing.jsonl",
+                        eval=world["eval"])
     message = str(err.value)
     assert message.startswith(f"training script {world['script']} failed (exit code 2); the last 20 "
-                              f"lines of {tmp_path / 'train.log'}:\n")
+                              f"lines of {files.log}:\n")
     assert message.endswith(f"ERROR: training data not found: {tmp_path / 'missing.jsonl'}")
+
+
+def test_train_log_is_redacted_like_the_json_log(world, tmp_path):
+    """What the script prints reaches train.log through afs_build.log.redact."""
+    token = "hf_" + "A1b2C3d4E5f6G7h8J9k0L1m2"
+    files = TrainFiles(tmp_path / "out")
+    missing = tmp_path / token / "missing.jsonl"
+    with pytest.raises(StageError) as err:
+        local.run_local(world["script"], files, base=world["tiny"], train=missing, eval=world["eval"])
+    log = files.log.read_text()
+    assert token not in log and token not in str(err.value)
+    assert log.count("[redacted]") == 2  # the command line, and the script's error
+    assert log.rstrip().endswith(f"ERROR: training data not found: {tmp_path}/[redacted]/missing.jsonl")
 
 
 def test_progress_reads_whole_new_lines_only(tmp_path):
