@@ -87,12 +87,11 @@ def check_architectures(data: dict, pos: Positions, root: Path) -> Iterator[Prob
             why = architecture_problem(EMBEDDED[model["embedded"]].architecture)
             if why:
                 yield pos.problem(("models", name, "embedded"), f"embedded model {model['embedded']!r}: {why}")
-        elif model.get("path") and (root / Path(model["path"]).expanduser()).is_dir():
+        elif model.get("path") and (root / Path(model["path"]).expanduser() / "config.json").is_file():
+            # a folder without config.json is check_models' problem
             config = Path(model["path"]) / "config.json"
             try:
                 why = architecture_problem(read_architecture(root / Path(model["path"]).expanduser()))
-            except FileNotFoundError:
-                why = "no config.json; expected a Hugging Face model folder (config.json, weights, tokenizer)"
             except (OSError, ValueError) as err:
                 why = f"unreadable ({err}); expected the model's config as a JSON object"
             if why:

@@ -350,7 +350,7 @@ def test_a_local_model_path_must_be_a_model_folder(project, minimal):
         f"{at(path, '/etc')}: models.system.path: not a model folder: /etc has no config.json; "
         "expected a local Hugging Face model folder (config.json, weights, tokenizer), relative "
         "to the manifest"]
-    (project.root / "weights" / "config.json").write_text("{}")
+    (project.root / "weights" / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     (project.root / "weights" / "readme.txt").unlink()
     del minimal["models"]["system"]
     load(project.write(minimal))

@@ -149,8 +149,8 @@ def test_validate_wants_a_config_json_in_a_path_model(tmp_path):
     with pytest.raises(AfsError) as err:
         write_project(tmp_path, {"path": "empty", "params_b": 0.5})
     assert str(err.value).endswith(
-        "models.base.path: empty/config.json: no config.json; expected a Hugging Face model "
-        "folder (config.json, weights, tokenizer)")
+        "models.base.path: not a model folder: empty has no config.json; expected a local "
+        "Hugging Face model folder (config.json, weights, tokenizer), relative to the manifest")
 
 
 def test_validate_refuses_an_embedded_model_of_another_architecture(tmp_path, monkeypatch):
