@@ -175,6 +175,13 @@ def check_sources(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
                 yield from _exists(pos, root, here + (key,), src[key], what)
         if src["kind"] == "replay" and src["model"] not in data["models"]:
             yield pos.problem(here + ("model",), _unknown("model", src["model"], data["models"]))
+        if src["kind"] == "replay" and src["system_prompt_of"] is not None:
+            if src["system_prompt_of"] not in data["specialists"]:
+                yield pos.problem(here + ("system_prompt_of",),
+                                  _unknown("specialist", src["system_prompt_of"], data["specialists"]))
+            elif src["system_prompt"] is not None:
+                yield pos.problem(here + ("system_prompt",), "expected either system_prompt or "
+                                  "system_prompt_of, not both")
         if src["kind"] == "codesearchnet":
             for i, path in enumerate(src["paths"]):
                 yield from _exists(pos, root, here + ("paths", i), path, "file")

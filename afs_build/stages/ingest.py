@@ -23,7 +23,8 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
     for source in manifest.sources.values():
         files = layout.ingest(source.name)
         uptodate: list = [SliceChanged(f"sources.{source.name}",
-                                       {"source": source, "converter": CONVERTER_VERSION})]
+                                       {"source": source, "converter": CONVERTER_VERSION,
+                                        "system_prompt": replay_system_prompt(manifest, source)})]
         file_dep: list[str] = []
         if source.kind == "codebase":
             root = manifest.resolve(source.settings["path"])
@@ -47,6 +48,14 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
             "uptodate": uptodate,
             "clean": True,
         }
+
+
+def replay_system_prompt(manifest: Manifest, source: Source):
+    """The system prompt a replay source's prompts are answered with (None for other kinds)."""
+    if source.kind != "replay":
+        return None
+    of = source.settings["system_prompt_of"]
+    return manifest.specialists[of].system_prompt if of else source.settings["system_prompt"]
 
 
 def _codebase_lister(source: Source, root: Path):
@@ -105,7 +114,8 @@ def records(manifest: Manifest, source: Source, layout: Layout):
         digest = json.loads(baseline.report.read_text(encoding="utf-8"))["files"][baseline.gguf("F16").name]["digest"]
         return convert_replay(path("path"), source=source.name, format=s["format"], fields=dict(s["fields"]),
                               max_chars=source.max_chars, gguf=baseline.gguf("F16"), model_digest=digest,
-                              max_tokens=s["max_tokens"], system_prompt=s["system_prompt"], limit=s["limit"],
+                              max_tokens=s["max_tokens"], system_prompt=replay_system_prompt(manifest, source),
+                              limit=s["limit"],
                               cache_dir=layout.cache("replay"))
     if source.kind == "custom":
         from ..data import custom
