@@ -244,7 +244,7 @@ def _checked(messages: list[dict]) -> list[dict]:
 def _function_call(value: str, where: str) -> dict:
     try:
         call = json.loads(value)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise Unusable(f"{where}: function_call value is not JSON") from None
     return _tool_call(call, where)
 
@@ -259,8 +259,8 @@ def _tool_call(call: Any, where: str) -> dict:
     if isinstance(arguments, str):
         try:
             parsed = json.loads(arguments)
-        except json.JSONDecodeError:
-            parsed = None
+        except (json.JSONDecodeError, RecursionError):
+            parsed = None  # kept as the text it is
         arguments = parsed if isinstance(parsed, dict) else arguments
     if not isinstance(arguments, (dict, str)):
         arguments = json.dumps(arguments, ensure_ascii=False)
@@ -305,7 +305,7 @@ def _list(row: dict, names: dict[str, str], key: str, *, required: bool = True):
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:  # CSV cells and Parquet string columns carry lists as JSON text
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise Unusable(f"field {_label(names, key)}: not valid JSON") from None
     if value is None or value == "":
         if required:

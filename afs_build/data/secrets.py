@@ -135,9 +135,9 @@ _SEEDS = ("key", "token", "secret", "passw", "credential", "phrase")
 _AFTER_NAME = re.compile(
     r"(?P<quote>[\"']?)(?P<pre>[ \t]*)(?P<op>:=|=>|[:=])(?P<post>[ \t]*)"
     r"(?P<value>\"[^\"\n]{0,300}\"|'[^'\n]{0,300}'|[^\s\"',;)\]}>]{1,300})")
+_OPERATOR_AHEAD = re.compile(r"[A-Za-z0-9_]*(?=[\"']?[ \t]*(?::=|=>|[:=]))")
 _WORDLIKE = re.compile(r"[A-Za-z_.-]+")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 _PASSWORD_WORDS = ("password", "passwd", "passphrase", "pass_phrase", "pass-phrase")
 # Names whose values are not secrets: tokenizer tokens, pagination cursors, counts.
@@ -155,19 +155,18 @@ _PLACEHOLDER = re.compile(
 def _assignments(text: str, lowered: str) -> Iterator[Finding]:
     """Literal values given to secret-looking names (``API_KEY = "..."``, ``"password": ...``)."""
     ends: set[int] = set()
-    size = len(text)
     for seed in _SEEDS:
         at = lowered.find(seed)
         while at >= 0:
-            end = at + len(seed)
-            while end < size and text[end] in _WORD_CHARS:
-                end += 1
-            if end not in ends:
-                ends.add(end)
-                found = _assignment_at(text, at, end)
+            # Most occurrences ("key)", "tokens.") are not followed by an operator: one C-level
+            # match says so before any Python-level work.
+            tail = _OPERATOR_AHEAD.match(text, at + len(seed))
+            if tail is not None and tail.end() not in ends:
+                ends.add(tail.end())
+                found = _assignment_at(text, at, tail.end())
                 if found is not None:
                     yield found
-            at = lowered.find(seed, end)
+            at = lowered.find(seed, at + len(seed))
 
 
 def _assignment_at(text: str, at: int, end: int) -> Optional[Finding]:
@@ -272,15 +271,25 @@ RULES = tuple(rule.name for rule in _ALL) + ("secret-assignment", "password-assi
                                              "email-address")
 
 
-_RUN = re.compile(r"[A-Za-z0-9]{10,}")
+# Letters, digits and the rest, as bytes that C-level searches read: "a", "0" and " ".
+_CLASSES = bytes(ord("a") if chr(c).isascii() and chr(c).isalpha() else ord("0")
+                 if chr(c).isascii() and chr(c).isdigit() else ord(" ") for c in range(256))
+_LETTERS_20 = b"a" * 20
+_MIXED = re.compile(rb"a0|0a")
 
 
 def _may_hold_token(text: str) -> bool:
     # Every token format holds a run of 10+ letters and digits mixing both, or of 20+ letters
     # (hf_ tokens are letters only): most texts have neither and skip the token rules.
-    for match in _RUN.finditer(text):
-        run = match.group()
-        if len(run) >= 20 or not (run.isalpha() or run.isdigit()):
+    classes = text.encode("ascii", "replace").translate(_CLASSES)
+    if _LETTERS_20 in classes:
+        return True
+    if b"a0" not in classes and b"0a" not in classes:
+        return False
+    for match in _MIXED.finditer(classes):
+        start = classes.rfind(b" ", 0, match.start()) + 1
+        end = classes.find(b" ", match.end())
+        if (len(classes) if end < 0 else end) - start >= 10:
             return True
     return False
 

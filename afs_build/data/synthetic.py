@@ -410,7 +410,7 @@ def _post(teacher: TeacherConfig, messages: list[dict]) -> str:
         raise TeacherError(f"teacher request to {url} timed out after {teacher.timeout:g} s") from exc
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
         content = None
     if not isinstance(content, str):
         excerpt = raw[:200].decode("utf-8", "replace")

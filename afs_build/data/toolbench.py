@@ -215,6 +215,6 @@ def _arguments(raw: str) -> dict | str:
     try:
         # strict=False: ToolBench final answers often hold raw newlines inside strings.
         parsed = json.loads(raw, strict=False)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return raw
     return parsed if isinstance(parsed, dict) else raw
