@@ -194,13 +194,25 @@ def _rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (scoring workers), user + system."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def timed(results: dict, step: str, function, *args):
+    # Wall time is what a user waits; CPU time is the work done, and is what to compare when
+    # other jobs share the cores (waiting for a CPU adds to the one, not the other).
     with Peak() as peak:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         value = function(*args)
-        seconds = time.perf_counter() - start
-    results[step] = {"seconds": seconds, "peak_mb": peak.peak / 2**20}
-    print(f"  {step:<8} {seconds:8.1f} s  peak {peak.peak / 2**20:7.0f} MB", file=sys.stderr)
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results[step] = {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak.peak / 2**20,
+                     "load": load}
+    print(f"  {step:<10} {seconds:8.1f} s  cpu {cpu:8.1f} s  peak {peak.peak / 2**20:7.0f} MB  "
+          f"load {load:.1f}", file=sys.stderr)
     return value
 
 
@@ -374,8 +386,10 @@ def child(args) -> None:
     else:
         result = run_baseline(Path(args.csn), work, args.seed)
         steps = result["steps"]  # the afs mix stage dedups and draws: compare with both
-        steps["dedup+mix"] = {"seconds": steps["dedup"]["seconds"] + steps["mix"]["seconds"],
-                              "peak_mb": max(steps["dedup"]["peak_mb"], steps["mix"]["peak_mb"])}
+        steps["dedup+mix"] = {key: steps["dedup"][key] + steps["mix"][key]
+                              for key in ("seconds", "cpu_seconds")}
+        steps["dedup+mix"].update(peak_mb=max(steps["dedup"]["peak_mb"], steps["mix"]["peak_mb"]),
+                                  load=steps["mix"]["load"])
     result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["worker_max_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps(result))
@@ -395,30 +409,34 @@ ROWS = ("convert", "score", "dedup+mix")
 def report(records: int, afs: dict, baseline: dict | None, baseline_records: int) -> None:
     print(f"\nafs: {records:,} CodeSearchNet records"
           + (f"; baseline: {baseline_records:,}" if baseline else ""))
-    header = f"{'step':<10} {'afs s':>8} {'afs rec/s':>10} {'afs MB':>7}"
-    if baseline:
-        header += f" {'base s':>8} {'base rec/s':>10} {'base MB':>8} {'speed-up':>8}"
-    print(header)
-    totals = {"afs": 0.0, "base": 0.0}
-    for step in ROWS:
-        a = afs["steps"][step]
-        totals["afs"] += a["seconds"]
-        line = (f"{step:<10} {a['seconds']:8.1f} {records / a['seconds']:10,.0f} "
-                f"{a['peak_mb']:7.0f}")
+    for measure, label in (("seconds", "wall"), ("cpu_seconds", "CPU")):
+        header = f"{label:<10} {'afs s':>8} {'afs rec/s':>10} {'afs MB':>7}"
         if baseline:
-            b = baseline["steps"][step]
-            totals["base"] += b["seconds"]
-            speed = (records / a["seconds"]) / (baseline_records / b["seconds"])
-            line += (f" {b['seconds']:8.1f} {baseline_records / b['seconds']:10,.0f} "
-                     f"{b['peak_mb']:8.0f} {speed:7.1f}x")
-        print(line)
-    line = (f"{'total':<10} {totals['afs']:8.1f} {records / totals['afs']:10,.0f} "
-            f"{afs['max_rss_mb']:7.0f}")
-    if baseline:
-        speed = (records / totals["afs"]) / (baseline_records / totals["base"])
-        line += (f" {totals['base']:8.1f} {baseline_records / totals['base']:10,.0f} "
-                 f"{baseline['max_rss_mb']:8.0f} {speed:7.1f}x")
-    print(line)
+            header += f" {'base s':>8} {'base rec/s':>10} {'base MB':>8} {'speed-up':>8}"
+        print(header)
+        totals = {"afs": 0.0, "base": 0.0}
+        for step in ROWS:
+            a = afs["steps"][step]
+            totals["afs"] += a[measure]
+            line = (f"{step:<10} {a[measure]:8.1f} {records / a[measure]:10,.0f} "
+                    f"{a['peak_mb']:7.0f}")
+            if baseline:
+                b = baseline["steps"][step]
+                totals["base"] += b[measure]
+                speed = (records / a[measure]) / (baseline_records / b[measure])
+                line += (f" {b[measure]:8.1f} {baseline_records / b[measure]:10,.0f} "
+                         f"{b['peak_mb']:8.0f} {speed:7.1f}x")
+            print(line)
+        line = (f"{'total':<10} {totals['afs']:8.1f} {records / totals['afs']:10,.0f} "
+                f"{afs['max_rss_mb']:7.0f}")
+        if baseline:
+            speed = (records / totals["afs"]) / (baseline_records / totals["base"])
+            line += (f" {totals['base']:8.1f} {baseline_records / totals['base']:10,.0f} "
+                     f"{baseline['max_rss_mb']:8.0f} {speed:7.1f}x")
+        print(line + "\n")
+    loads = [s["load"] for side in (afs, baseline) if side for s in side["steps"].values()]
+    print(f"load average (1 min) at the end of each step: {min(loads):.1f} to {max(loads):.1f} "
+          f"on {os.cpu_count()} CPUs")
     if baseline:
         steps = baseline["steps"]
         print(f"baseline dedup {steps['dedup']['seconds']:.1f} s, mix {steps['mix']['seconds']:.1f} s")

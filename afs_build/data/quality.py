@@ -27,8 +27,10 @@ from afs_build.data.texts import sample_texts
 from afs_build.errors import StageError
 
 DEFAULT_THRESHOLD = 0.5
-# quality.workers: auto. Starting a scoring process costs about 0.4 s of imports; below this
-# input size one process finishes first (measured: notes/data.md, 2 cores).
+# quality.workers: auto. A scoring process costs its start (imports: seconds on a busy machine)
+# and the bytes sent to it; on the default family's data (under 2 MB a source) one process was
+# 17 times as fast as two, and two only pay where CPUs are idle (measured on 2 shared cores:
+# the README's data benchmark section).
 AUTO_MIN_BYTES = 8 << 20
 AUTO_MAX_WORKERS = 8
 
@@ -106,8 +108,10 @@ def score_sample(sample: dict, *, weights: Mapping[str, float] = DEFAULT_WEIGHTS
 def workers_for(setting, size: int) -> int:
     """How many scoring processes to start for an input of `size` bytes (``quality.workers``).
 
-    ``auto`` is one process below :data:`AUTO_MIN_BYTES`, else one per CPU this process may use
-    (at most :data:`AUTO_MAX_WORKERS`). A process that is itself a daemon cannot start any.
+    ``auto`` is one process below :data:`AUTO_MIN_BYTES`, else one per idle CPU this process may
+    use (at most :data:`AUTO_MAX_WORKERS`): the load average, less the build's own process,
+    says how many are busy, since on CPUs other jobs hold a second worker only adds its cost.
+    A process that is itself a daemon cannot start any.
     """
     import multiprocessing
 
@@ -118,7 +122,11 @@ def workers_for(setting, size: int) -> int:
     if size < AUTO_MIN_BYTES:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, AUTO_MAX_WORKERS))
+    try:
+        busy = max(0.0, os.getloadavg()[0] - 1.0)
+    except (AttributeError, OSError):  # no load average on this system
+        busy = 0.0
+    return max(1, min(cpus or 1, AUTO_MAX_WORKERS, int((cpus or 1) - busy + 0.5)))
 
 
 def score_file(source, samples_path, rejects_path, *,

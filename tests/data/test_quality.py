@@ -193,9 +193,15 @@ def test_score_file_names_a_broken_line(tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_workers_auto_is_one_process_for_small_inputs():
+def test_workers_auto_is_one_process_for_small_inputs_and_busy_cpus(monkeypatch):
+    import os
+
     from afs_build.data.quality import AUTO_MIN_BYTES
 
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # the build alone
     assert workers_for("auto", 1000) == 1
-    assert workers_for("auto", AUTO_MIN_BYTES) >= 1
+    assert workers_for("auto", AUTO_MIN_BYTES) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.5, 6.0, 6.0))  # other jobs hold the CPUs
+    assert workers_for("auto", AUTO_MIN_BYTES) == 1
     assert workers_for(3, 10) == 3
