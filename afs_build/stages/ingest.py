@@ -136,6 +136,9 @@ def run(manifest: Manifest, name: str) -> None:
         except AfsError as err:
             raise StageError(f"{where} ({source.kind}): {err.render()}") from None
         except OSError as err:
+            if str(err.filename or "").startswith(str(layout.build)):
+                raise StageError(f"{task}: cannot write {err.filename}: {err.strerror or err}; "
+                                 f"check the build folder's disk and permissions") from None
             raise StageError(f"{where} ({source.kind}): {_read_problem(err)}; fix "
                              f"sources.{name} or the file") from None
         summary.update(samples=counts["samples"], rejects=counts["rejects"],

@@ -136,6 +136,8 @@ def eval_questions(manifest: Manifest) -> list[str]:
 
     if not manifest.eval.suite:
         return []
+    # Decontamination reads the questions alone: who answers and who judges are eval's checks
+    # (a judge name here only stops the loader asking for one).
     questions = suite.load(manifest.resolve(manifest.eval.suite), manifest.eval.suite,
-                           specialists=tuple(manifest.specialists), judges=manifest.eval.judges)
+                           judges=("decontamination",))
     return [q["question"] for q in questions if q.get("question")]
