@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import estimate
+from .data.formats import CSN_LANGUAGES, FILE_TYPES, extension, has_type
 from .training.embedded import EMBEDDED
 from .errors import Problem, one_of, suggest
 from .yamlload import Positions
@@ -173,6 +174,7 @@ def check_sources(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
         for key, what in wanted:
             if src.get(key):
                 yield from _exists(pos, root, here + (key,), src[key], what)
+                yield from _file_type(pos, here + (key,), src["kind"], key, src[key])
         if src["kind"] == "replay" and src["model"] not in data["models"]:
             yield pos.problem(here + ("model",), _unknown("model", src["model"], data["models"]))
         if src["kind"] == "replay" and src["system_prompt_of"] is not None:
@@ -185,6 +187,29 @@ def check_sources(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
         if src["kind"] == "codesearchnet":
             for i, path in enumerate(src["paths"]):
                 yield from _exists(pos, root, here + ("paths", i), path, "file")
+                yield from _file_type(pos, here + ("paths", i), "codesearchnet", "paths", path)
+            for i, language in enumerate(src["languages"]):
+                if language not in CSN_LANGUAGES:
+                    yield pos.problem(here + ("languages", i), f"unknown CodeSearchNet language "
+                                      f"{language!r}; expected one of: {one_of(CSN_LANGUAGES)}"
+                                      f"{suggest(language, CSN_LANGUAGES)}")
+
+
+def _file_type(pos: Positions, where: tuple, kind: str, key: str, rel: str) -> Iterator[Problem]:
+    """A file whose extension no reader of this source kind handles (checked by name only)."""
+    suffixes = FILE_TYPES.get((kind, key))
+    if suffixes and not has_type(rel, suffixes):
+        found = extension(rel)
+        what = "a file with no extension" if found == "no extension" else f"{found} files"
+        yield pos.problem(where, f"{rel}: no {kind} reader handles {what}; expected one of: "
+                          f"{one_of(suffixes)} (rename the file to its format's extension, or "
+                          f"convert it)")
+
+
+def check_quality(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
+    if not any(weight > 0 for weight in data["quality"]["weights"].values()):
+        yield pos.problem(("quality", "weights"), "every quality weight is 0; expected at least "
+                          "one signal with a weight > 0")
 
 
 def _exists(pos: Positions, root: Path, where: tuple, rel: str, what: str) -> Iterator[Problem]:
@@ -279,7 +304,7 @@ def check_deploy(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
 
 
 CHECKS = (check_models, check_architectures, check_specialists, check_ports, check_mixes, check_sources,
-          check_hardware_fit, check_eval, check_sequence_room, check_deploy)
+          check_hardware_fit, check_eval, check_sequence_room, check_deploy, check_quality)
 
 
 def warnings(data: dict, pos: Positions) -> list[Problem]:

@@ -2,7 +2,9 @@
 
 Every record carries the run id, the task, the specialist (where there is one) and, for the
 end of a step, its duration. Secrets never reach a log: values of environment variables whose
-names look secret, and strings shaped like API keys, are replaced before a record is written.
+names look secret, and whatever the data stages' secrets gate finds (its rules, in
+:mod:`afs_build.data.secrets`: API keys and tokens, private keys, passwords given to
+secret-looking names, e-mail addresses), are replaced before a record is written.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ LOGGER = "afs"
 MAX_BYTES = 5 * 2**20
 BACKUPS = 5
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
-SECRET_SHAPE = re.compile(
-    r"\b(sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}"
-    r"|xox[abprs]-[A-Za-z0-9-]{10,})\b")
 REDACTED = "[redacted]"
 
 
@@ -38,11 +37,26 @@ def run_id() -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with secret-looking values replaced."""
+    """`text` with secrets replaced: secret-named environment values, then the gate's rules."""
+    from .data.secrets import redact as by_rules  # compiled on first use, not at import
+
     for name, value in os.environ.items():
         if value and len(value) >= 8 and SECRET_NAME.search(name) and value in text:
             text = text.replace(value, REDACTED)
-    return SECRET_SHAPE.sub(REDACTED, text)
+    return by_rules(text)
+
+
+def _redacted(value: Any) -> Any:
+    """A JSON-ready copy of a log record's value with every string redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {str(key): _redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return redact(str(value))
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -63,7 +77,8 @@ class JsonLinesFormatter(logging.Formatter):
         extra = getattr(record, "data", None)
         if extra:
             event["data"] = extra
-        return redact(json.dumps(event, ensure_ascii=False, default=str))
+        # Redacted field by field, before JSON escapes quotes the rules read.
+        return json.dumps(_redacted(event), ensure_ascii=False)
 
 
 def setup(log_file: Path, *, console: bool = True) -> logging.Logger:

@@ -206,6 +206,7 @@ class Specialist:
 class Quality:
     threshold: float
     weights: FrozenMap
+    workers: Any  # a number of scoring processes, or "auto"
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,27 @@
-"""Benchmark the data pipeline (convert, score, dedup, mix) against a `datasets` baseline.
+"""Benchmark the data stages (ingest, score, mix) against a `datasets` baseline.
 
+    pip install -e ".[bench]"                          # the baseline needs datasketch
     python bench/data_pipeline.py                      # 1,000,000 records
     python bench/data_pipeline.py --records 100000 --baseline-records 100000
 
 Generates synthetic CodeSearchNet JSONL (varied Python functions and docstrings; about 10%
 exact copies and 10% near copies of earlier records under other repositories, plus a few
-broken, leaky and low-quality records) in a temporary folder, then runs the same four steps
-two ways, each in its own process so that their memory peaks do not mix:
+broken, leaky and low-quality records) in a temporary folder, then runs the same steps two
+ways, each in its own process so that their memory peaks do not mix:
 
-- afs: file-to-file streaming stages with this package (convert_codesearchnet, score_file,
-  the two-pass DedupIndex, mix over pools read from disk), writing JSONL between steps;
-- baseline: the straightforward `datasets` version: load_dataset("json"), map to convert,
-  map to score and filter, sort by score and filter exact duplicates through a set, near
-  duplicates through datasketch MinHashLSH, then shuffle/select/train_test_split to mix.
+- afs: the actions `doit` runs, on a manifest with one codesearchnet source and one mix:
+  ``ingest`` (convert, and the secrets gate), ``score`` (with ``quality.workers`` from
+  ``--workers``, ``auto`` by default: what the build would pick) and ``mix`` (exact and near
+  dedup, then the draw of a train/eval split), each writing its files as in a build;
+- baseline: the straightforward `datasets` version: load_dataset("json"), map to convert and
+  drop secrets, map to score and filter, sort by score and filter exact duplicates through a
+  set, near duplicates through datasketch MinHashLSH, then shuffle/select/train_test_split.
 
-Both use the same conversion and scoring functions, so the comparison is of the pipeline
-machinery. Throughput is CodeSearchNet records per second (each record gives two samples).
-Peak memory per step is the highest RSS of the stage's process sampled every 10 ms; with
-``--workers`` above 1 the scoring processes come on top (their peak is reported apart).
+Both use the same conversion, secret rules and scoring functions, so the comparison is of the
+pipeline machinery. Throughput is CodeSearchNet records per second (each record gives two
+samples). Peak memory per step is the highest RSS of the step's process sampled every 10 ms;
+scoring workers come on top (their peak is reported apart). Decontamination is off on both
+sides (no suite).
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 THRESHOLD = 0.5
-SHARES = {"doc2code": 0.6, "code2doc": 0.4}
 SOURCE = "codesearchnet"
 
 # --- synthetic CodeSearchNet ----------------------------------------------------------------
@@ -191,120 +194,86 @@ def _rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (scoring workers), user + system."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def timed(results: dict, step: str, function, *args):
+    # Wall time is what a user waits; CPU time is the work done, and is what to compare when
+    # other jobs share the cores (waiting for a CPU adds to the one, not the other).
     with Peak() as peak:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         value = function(*args)
-        seconds = time.perf_counter() - start
-    results[step] = {"seconds": seconds, "peak_mb": peak.peak / 2**20}
-    print(f"  {step:<8} {seconds:8.1f} s  peak {peak.peak / 2**20:7.0f} MB", file=sys.stderr)
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results[step] = {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak.peak / 2**20,
+                     "load": load}
+    print(f"  {step:<10} {seconds:8.1f} s  cpu {cpu:8.1f} s  peak {peak.peak / 2**20:7.0f} MB  "
+          f"load {load:.1f}", file=sys.stderr)
     return value
-
-
-def _csn_convert(paths, source):
-    """convert_codesearchnet if it exists, else a minimal inline docstring<->code conversion."""
-    try:
-        from afs_build.data.codesearchnet import convert_codesearchnet
-        return convert_codesearchnet(paths, source=source)
-    except ImportError:
-        return _inline_convert(paths, source)
-
-
-def _inline_convert(paths, source):
-    from afs_build.data.jsonl import read_jsonl_numbered
-    from afs_build.data.records import make_sample
-    for path in paths:
-        for line, record in read_jsonl_numbered(path):
-            for direction, user, answer in _inline_pairs(record):
-                yield make_sample(source, [{"role": "user", "content": user},
-                                           {"role": "assistant", "content": answer}],
-                                  provenance={"file": str(path), "line": line},
-                                  metadata={"direction": direction})
-
-
-def _inline_pairs(record):
-    if not record["docstring"].strip():
-        return []
-    return [("doc2code", f"Write a Python function `{record['func_name']}`:\n\n"
-             f"{record['docstring']}", f"```python\n{record['code']}\n```"),
-            ("code2doc", f"Explain this function:\n\n```python\n{record['code']}\n```",
-             record["docstring"])]
 
 
 # --- the afs pipeline -----------------------------------------------------------------------
 
+MANIFEST = """\
+project: {{name: bench, seed: {seed}, build_dir: build}}
+models: {{base: {{embedded: smollm2-135m-instruct}}}}
+hardware: {{cpu: {{vram_gb: 16}}}}
+sources:
+  {source}: {{kind: codesearchnet, paths: [{csn}]}}
+quality: {{threshold: {threshold}, workers: {workers}}}
+dedup: {{exact: true, near: true, threshold: 0.85, num_perm: 128, shingle: 5, decontaminate: false}}
+mixes:
+  bench: {{samples: {target}, eval_fraction: 0.01, groups: {{all: {{share: 1.0, sources: [{source}]}}}}}}
+specialists:
+  bench: {{role: Benchmark, base: base, mix: bench, hardware: cpu, port: 6100}}
+eval: {{suite: null}}
+"""
 
-def run_afs(csn: Path, work: Path, seed: int, workers: int = 1) -> dict:
-    from afs_build.data.dedup import DedupIndex
-    from afs_build.data.jsonl import AtomicJsonlWriter, read_jsonl, write_jsonl
-    from afs_build.data.mix import mix
-    from afs_build.data.quality import DEFAULT_WEIGHTS, score_file
-    from afs_build.data.records import Reject
 
+def run_afs(csn: Path, work: Path, seed: int, workers: str, records: int) -> dict:
+    from afs_build.manifest import load
+    from afs_build.paths import Layout
+    from afs_build.stages import ingest, mix, score
+
+    path = work / "afs.yaml"
+    path.write_text(MANIFEST.format(seed=seed, source=SOURCE, csn=json.dumps(str(csn)),
+                                    threshold=THRESHOLD, workers=workers, target=records))
+    manifest = load(path)
     results: dict = {}
-    counts: dict = {}
-
-    def split(records, samples_path, rejects_path):
-        kept = rejected = 0
-        with AtomicJsonlWriter(samples_path) as out, AtomicJsonlWriter(rejects_path) as bad:
-            for record in records:
-                if isinstance(record, Reject):
-                    bad.write(record)
-                    rejected += 1
-                else:
-                    out.write(record)
-                    kept += 1
-        return kept, rejected
-
-    def convert():
-        counts["converted"], counts["convert_rejects"] = split(
-            _csn_convert([csn], SOURCE), work / "samples.jsonl", work / "rejects.convert.jsonl")
-
-    def score():
-        scored = score_file(work / "samples.jsonl", work / "scored.jsonl",
-                            work / "rejects.quality.jsonl", weights=DEFAULT_WEIGHTS,
-                            threshold=THRESHOLD, workers=workers)
-        counts["scored"], counts["quality_rejects"] = scored["samples"], scored["rejects"]
-
-    def dedup():
-        index = DedupIndex(threshold=0.85, num_perm=128, shingle=5, seed=seed)
-        for sample in read_jsonl(work / "scored.jsonl"):
-            index.add(sample)
-        result = index.finish()
-        # one file per direction: the mix reads them as two sources
-        with AtomicJsonlWriter(work / "deduped.doc2code.jsonl") as doc2code, \
-                AtomicJsonlWriter(work / "deduped.code2doc.jsonl") as code2doc, \
-                AtomicJsonlWriter(work / "rejects.dedup.jsonl") as bad:
-            for record in result.apply(read_jsonl(work / "scored.jsonl")):
-                if isinstance(record, Reject):
-                    bad.write(record)
-                elif record["metadata"].get("direction") == "code2doc":
-                    code2doc.write(record)
-                else:
-                    doc2code.write(record)
-        counts["dedup"] = result.stats
-        counts["deduped"] = doc2code.count + code2doc.count
-
-    def mix_step():
-        # pools read their file on demand: the mix keeps ids, then only the samples it draws
-        pools = {group: {f"{SOURCE}-{group}": (
-            lambda group=group: read_jsonl(work / f"deduped.{group}.jsonl"))}
-            for group in SHARES}
-        target = counts["deduped"] // 2
-        result = mix(pools, SHARES, target=target, seed=seed, eval_fraction=0.01,
-                     shortfall="upsample", name="bench",
-                     rejects={"convert": counts["convert_rejects"],
-                              "quality": counts["quality_rejects"]},
-                     dedup_stats=counts["dedup"])
-        write_jsonl(work / "train.jsonl", result.train)
-        write_jsonl(work / "eval.jsonl", result.eval)
-        counts["train"], counts["eval"] = len(result.train), len(result.eval)
-        counts["realized"] = {g: v["realized"] for g, v in result.stats["groups"].items()}
-
-    for step, function in (("convert", convert), ("score", score), ("dedup", dedup),
-                           ("mix", mix_step)):
-        timed(results, step, function)
+    for step, stage, name in (("convert", ingest, SOURCE), ("score", score, SOURCE),
+                              ("dedup+mix", mix, "bench")):
+        failed = timed(results, step, stage.run, manifest, name)
+        if failed is not None:
+            raise SystemExit(f"{stage.NAME}:{name} failed: {failed.message}")
+    layout = Layout.of(manifest)
+    ingested = json.loads(layout.ingest(SOURCE).meta.read_text())
+    scored = json.loads(layout.score(SOURCE).meta.read_text())
+    stats = json.loads(layout.mix("bench").stats.read_text())
+    counts = {"records": ingested["records"], "converted": ingested["samples"],
+              "convert_rejects": ingested["reject_reasons"], "scored": scored["samples"],
+              "quality_rejects": scored["rejects"], "score_workers": scored["workers"],
+              "dedup": stats["dedup"], "train": stats["train"]["samples"],
+              "eval": stats["eval"]["samples"]}
     return {"steps": results, "counts": counts}
+
+
+def _pairs(record):
+    from afs_build.data.codesearchnet import DIRECTIONS, REQUIRED, pair
+    from afs_build.data.readers import Unusable
+
+    if not record["docstring"].strip() or not record["code"].strip():
+        return []
+    out = []
+    for direction in DIRECTIONS:
+        try:
+            out.append((direction, pair({k: record[k] for k in REQUIRED}, direction)))
+        except Unusable:
+            pass
+    return out
 
 
 # --- the datasets baseline ------------------------------------------------------------------
@@ -315,29 +284,14 @@ def run_baseline(csn: Path, work: Path, seed: int) -> dict:
     from datasketch import MinHash, MinHashLSH
 
     from afs_build.data.dedup import instruction_key
-    from afs_build.data.quality import DEFAULT_WEIGHTS, score_sample
+    from afs_build.data.quality import score_sample
     from afs_build.data.records import Reject, make_sample
+    from afs_build.data.secrets import first_in_fields
+    from afs_build.data.signals import DEFAULT_WEIGHTS
+    from afs_build.data.texts import sample_fields
 
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning)  # pyarrow sort options
-    try:
-        from afs_build.data.codesearchnet import DIRECTIONS, REQUIRED, pair
-        from afs_build.data.custom import Unusable
-
-        def pairs(record):
-            if not record["docstring"].strip() or not record["code"].strip():
-                return []
-            out = []
-            for direction in DIRECTIONS:
-                try:
-                    out.append((direction, pair({k: record[k] for k in REQUIRED}, direction)))
-                except Unusable:
-                    pass
-            return out
-    except ImportError:
-        def pairs(record):
-            return [(d, [{"role": "user", "content": u}, {"role": "assistant", "content": a}])
-                    for d, u, a in _inline_pairs(record)]
 
     cache = str(work / "hf")
     results: dict = {}
@@ -351,14 +305,17 @@ def run_baseline(csn: Path, work: Path, seed: int) -> dict:
             out = {"id": [], "source": [], "messages": [], "provenance": [], "metadata": []}
             for i in range(len(batch["code"])):
                 record = {key: batch[key][i] for key in batch}
-                for direction, messages in pairs(record):
+                for direction, messages in _pairs(record):
                     sample = make_sample(SOURCE, messages,
                                          provenance={"file": str(csn), "line": i + 1},
                                          metadata={"direction": direction})
+                    if first_in_fields(sample_fields(sample)) is not None:
+                        continue  # the secrets gate, as afs's ingest has it
                     for key in out:
                         out[key].append(sample[key])
             return out
 
+        counts["records"] = len(ds)
         state["ds"] = ds.map(batch_convert, batched=True, remove_columns=ds.column_names)
         counts["converted"] = len(state["ds"])
 
@@ -401,23 +358,15 @@ def run_baseline(csn: Path, work: Path, seed: int) -> dict:
         counts["deduped"] = len(keep)
 
     def mix_step():
-        ds = state["ds"]
-        target = len(ds) // 2
-        parts, evals = [], []
-        for group, share in SHARES.items():
-            part = ds.filter(lambda m: [x["direction"] == group for x in m],
-                             input_columns=["metadata"], batched=True).shuffle(seed=seed)
-            need = int(share * target)
-            held = max(1, int(0.01 * min(need, len(part))))
-            split_ = part.train_test_split(test_size=held, seed=seed)
-            train = split_["train"]
-            while len(train) < need:  # upsample by repeating, like the afs policy
-                train = datasets.concatenate_datasets([train, split_["train"]])
-            parts.append(train.select(range(need)))
-            evals.append(split_["test"])
-        datasets.concatenate_datasets(parts).shuffle(seed=seed).to_json(
-            str(work / "baseline.train.jsonl"))
-        datasets.concatenate_datasets(evals).to_json(str(work / "baseline.eval.jsonl"))
+        ds = state["ds"].shuffle(seed=seed)
+        need = counts["records"]  # the afs mix's target: one training sample per record
+        held = max(1, int(0.01 * min(need, len(ds))))
+        split_ = ds.train_test_split(test_size=held, seed=seed)
+        train = split_["train"]
+        while len(train) < need:  # upsample by repeating, like the afs policy
+            train = datasets.concatenate_datasets([train, split_["train"]])
+        train.select(range(need)).shuffle(seed=seed).to_json(str(work / "baseline.train.jsonl"))
+        split_["test"].to_json(str(work / "baseline.eval.jsonl"))
 
     for step, function in (("convert", convert), ("score", score), ("dedup", dedup),
                            ("mix", mix_step)):
@@ -433,51 +382,67 @@ def child(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"{args.child}: {args.csn}", file=sys.stderr)
     if args.child == "afs":
-        result = run_afs(Path(args.csn), work, args.seed, args.workers)
+        result = run_afs(Path(args.csn), work, args.seed, args.workers, args.records)
     else:
         result = run_baseline(Path(args.csn), work, args.seed)
+        steps = result["steps"]  # the afs mix stage dedups and draws: compare with both
+        steps["dedup+mix"] = {key: steps["dedup"][key] + steps["mix"][key]
+                              for key in ("seconds", "cpu_seconds")}
+        steps["dedup+mix"].update(peak_mb=max(steps["dedup"]["peak_mb"], steps["mix"]["peak_mb"]),
+                                  load=steps["mix"]["load"])
     result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["worker_max_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps(result))
 
 
-def _spawn(kind: str, csn: Path, work: Path, seed: int, workers: int = 1) -> dict:
+def _spawn(kind: str, csn: Path, work: Path, seed: int, records: int, workers: str = "auto") -> dict:
     output = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--csn", str(csn), "--work", str(work),
-         "--seed", str(seed), "--workers", str(workers)],
+         "--seed", str(seed), "--workers", str(workers), "--records", str(records)],
         check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+ROWS = ("convert", "score", "dedup+mix")
 
 
 def report(records: int, afs: dict, baseline: dict | None, baseline_records: int) -> None:
     print(f"\nafs: {records:,} CodeSearchNet records"
           + (f"; baseline: {baseline_records:,}" if baseline else ""))
-    header = f"{'step':<8} {'afs s':>8} {'afs rec/s':>10} {'afs MB':>7}"
-    if baseline:
-        header += f" {'base s':>8} {'base rec/s':>10} {'base MB':>8} {'speed-up':>8}"
-    print(header)
-    totals = {"afs": 0.0, "base": 0.0}
-    for step in afs["steps"]:
-        a = afs["steps"][step]
-        totals["afs"] += a["seconds"]
-        line = (f"{step:<8} {a['seconds']:8.1f} {records / a['seconds']:10,.0f} "
-                f"{a['peak_mb']:7.0f}")
+    for measure, label in (("seconds", "wall"), ("cpu_seconds", "CPU")):
+        header = f"{label:<10} {'afs s':>8} {'afs rec/s':>10} {'afs MB':>7}"
         if baseline:
-            b = baseline["steps"][step]
-            totals["base"] += b["seconds"]
-            ratio = (baseline_records / b["seconds"]) / (records / a["seconds"])
-            line += (f" {b['seconds']:8.1f} {baseline_records / b['seconds']:10,.0f} "
-                     f"{b['peak_mb']:8.0f} {1 / ratio:7.1f}x")
-        print(line)
-    line = (f"{'total':<8} {totals['afs']:8.1f} {records / totals['afs']:10,.0f} "
-            f"{afs['max_rss_mb']:7.0f}")
+            header += f" {'base s':>8} {'base rec/s':>10} {'base MB':>8} {'speed-up':>8}"
+        print(header)
+        totals = {"afs": 0.0, "base": 0.0}
+        for step in ROWS:
+            a = afs["steps"][step]
+            totals["afs"] += a[measure]
+            line = (f"{step:<10} {a[measure]:8.1f} {records / a[measure]:10,.0f} "
+                    f"{a['peak_mb']:7.0f}")
+            if baseline:
+                b = baseline["steps"][step]
+                totals["base"] += b[measure]
+                speed = (records / a[measure]) / (baseline_records / b[measure])
+                line += (f" {b[measure]:8.1f} {baseline_records / b[measure]:10,.0f} "
+                         f"{b['peak_mb']:8.0f} {speed:7.1f}x")
+            print(line)
+        line = (f"{'total':<10} {totals['afs']:8.1f} {records / totals['afs']:10,.0f} "
+                f"{afs['max_rss_mb']:7.0f}")
+        if baseline:
+            speed = (records / totals["afs"]) / (baseline_records / totals["base"])
+            line += (f" {totals['base']:8.1f} {baseline_records / totals['base']:10,.0f} "
+                     f"{baseline['max_rss_mb']:8.0f} {speed:7.1f}x")
+        print(line + "\n")
+    loads = [s["load"] for side in (afs, baseline) if side for s in side["steps"].values()]
+    print(f"load average (1 min) at the end of each step: {min(loads):.1f} to {max(loads):.1f} "
+          f"on {os.cpu_count()} CPUs")
     if baseline:
-        speed = (records / totals["afs"]) / (baseline_records / totals["base"])
-        line += (f" {totals['base']:8.1f} {baseline_records / totals['base']:10,.0f} "
-                 f"{baseline['max_rss_mb']:8.0f} {speed:7.1f}x")
-    print(line)
+        steps = baseline["steps"]
+        print(f"baseline dedup {steps['dedup']['seconds']:.1f} s, mix {steps['mix']['seconds']:.1f} s")
     if afs.get("worker_max_rss_mb"):
-        print(f"afs scoring workers: peak {afs['worker_max_rss_mb']:.0f} MB each at most")
+        print(f"afs scoring workers ({afs['counts']['score_workers']}): peak "
+              f"{afs['worker_max_rss_mb']:.0f} MB each at most")
     print("afs counts:", json.dumps({k: v for k, v in afs["counts"].items() if k != "dedup"}))
     print("afs dedup:", json.dumps(afs["counts"]["dedup"]))
     if baseline:
@@ -492,8 +457,9 @@ def main() -> None:
                              "datasketch needs about 1 ms a sample)")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes for the afs score step (the baseline uses one)")
+    parser.add_argument("--workers", default="auto",
+                        help="quality.workers for the afs score stage: a number or auto "
+                             "(the default, as in a build); the baseline uses one process")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the files")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--child", choices=("afs", "baseline"), help=argparse.SUPPRESS)
@@ -512,14 +478,14 @@ def main() -> None:
         generate(csn, args.records, args.seed)
         print(f"generated {args.records:,} records ({csn.stat().st_size / 2**20:,.0f} MB) in "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
-        afs = _spawn("afs", csn, work / "afs", args.seed, args.workers)
+        afs = _spawn("afs", csn, work / "afs", args.seed, args.records, args.workers)
         baseline = None
         if base_n:
             base_csn = csn
             if base_n != args.records:
                 base_csn = work / "csn.baseline.jsonl"
                 generate(base_csn, base_n, args.seed)
-            baseline = _spawn("baseline", base_csn, work / "baseline", args.seed)
+            baseline = _spawn("baseline", base_csn, work / "baseline", args.seed, base_n)
         report(args.records, afs, baseline, base_n)
         if args.json:
             Path(args.json).write_text(json.dumps(

@@ -21,18 +21,22 @@ import os
 import re
 from typing import Iterable, Iterator
 
+from afs_build.data.formats import CSN_LANGUAGES
 from afs_build.data.readers import (
     MAX_CHARS,
+    RECORD_ERRORS,
+    InputError,
     Unusable,
     excerpt,
     expected_one_of,
     json_type,
     read_jsonl_rows,
     require_files,
+    unconvertible,
 )
-from afs_build.data.records import Record, Reject, make_sample
+from afs_build.data.records import RECORD, Filtered, Record, Reject, make_sample
 
-LANGUAGES = ("go", "java", "javascript", "php", "python", "ruby")
+LANGUAGES = CSN_LANGUAGES
 PARTITIONS = ("train", "valid", "test")
 DIRECTIONS = ("doc2code", "code2doc")
 REQUIRED = ("func_name", "code", "docstring", "language", "partition")
@@ -77,10 +81,11 @@ def convert_codesearchnet(
 ) -> Iterator[Record]:
     """Convert CodeSearchNet JSONL (or ``.jsonl.gz``) files into doc2code and code2doc pairs.
 
-    Records outside ``languages`` and ``partitions`` are skipped silently (they are filtered,
-    not broken); ``valid`` and ``test`` are left out by default because benchmarks are drawn
-    from them. Raises ValueError for an unknown language, partition or direction and
-    FileNotFoundError for a missing file, before any record is read.
+    Records outside ``languages`` and ``partitions`` are filtered, not broken: each gives a
+    :class:`~afs_build.data.records.Filtered` naming its language or partition, so they are
+    counted. ``valid`` and ``test`` are left out by default because benchmarks are drawn from
+    them. Raises InputError (a ValueError) for an unknown language, partition or direction
+    and FileNotFoundError for a missing file, before any record is read.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     languages = _choices("language", languages, LANGUAGES)
@@ -94,7 +99,7 @@ def _choices(what: str, values: Iterable[str], known: tuple[str, ...]) -> tuple[
     values = (values,) if isinstance(values, str) else tuple(values)
     for value in values:
         if value not in known:
-            raise ValueError(expected_one_of(what, known, value))
+            raise InputError(expected_one_of(what, known, value))
     return values
 
 
@@ -102,13 +107,18 @@ def _convert(paths, source, languages, partitions, directions, max_chars) -> Ite
     for path in paths:
         file = os.fspath(path)
         for item in read_jsonl_rows(path, source=source, max_chars=max_chars):
+            yield RECORD
             if isinstance(item, Reject):
                 yield item
                 continue
             line, record = item
             try:
                 fields = _fields(record)
-                if fields["language"] not in languages or fields["partition"] not in partitions:
+                if fields["language"] not in languages:
+                    yield Filtered(f"language {fields['language'][:40]!r} not in languages")
+                    continue
+                if fields["partition"] not in partitions:
+                    yield Filtered(f"partition {fields['partition'][:40]!r} not in partitions")
                     continue
                 if not fields["docstring"].strip():
                     raise Unusable("empty docstring")
@@ -123,6 +133,9 @@ def _convert(paths, source, languages, partitions, directions, max_chars) -> Ite
                 except Unusable as exc:
                     yield Reject(source, str(exc), file=file, line=line, excerpt=excerpt(record),
                                  detail={"direction": direction})
+                    continue
+                except RECORD_ERRORS as exc:
+                    yield unconvertible(source, file, line, exc, record)
                     continue
                 yield make_sample(
                     source,

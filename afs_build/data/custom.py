@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from afs_build.data.readers import (
     MAX_CHARS,
+    RECORD_ERRORS,
+    InputError,
     Item,
     Unusable,
     excerpt,
@@ -18,8 +20,9 @@ from afs_build.data.readers import (
     oversized,
     reader_for,
     require_files,
+    unconvertible,
 )
-from afs_build.data.records import ROLES, Record, Reject, make_sample
+from afs_build.data.records import RECORD, ROLES, Record, Reject, make_sample
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "input", "output", "system"),
@@ -55,8 +58,8 @@ def convert_custom(
 
     ``fields`` maps the format's field names to the file's (``{"instruction": "question"}``).
     In CSV and Parquet files, list-valued fields (conversations, messages, tools) may be JSON
-    text. Raises FileNotFoundError for a missing file and ValueError for a bad format, field map
-    or file type, before any record is read.
+    text. Raises FileNotFoundError for a missing file and InputError (a ValueError) for a bad
+    format, field map or file type, before any record is read.
     """
     to_messages, names = _format_spec(format, fields)
     reader = reader_for(path)
@@ -92,13 +95,20 @@ def convert_custom_hub(
 def _hub_rows(hub_id: str, *, split: str, source: str, max_chars: int) -> Iterator[Item]:
     from datasets import load_dataset  # heavy: imported only when a hub source is converted
 
-    rows = load_dataset(hub_id, split=split, streaming=True)
-    for number, row in enumerate(rows, start=1):
-        size = len(json.dumps(row, ensure_ascii=False, default=str))
-        if size > max_chars:
-            yield oversized(source, hub_id, number, max_chars, size)
-        else:
-            yield number, row
+    number = 0
+    try:
+        rows = load_dataset(hub_id, split=split, streaming=True)
+        for number, row in enumerate(rows, start=1):
+            size = len(json.dumps(row, ensure_ascii=False, default=str))
+            if size > max_chars:
+                yield oversized(source, hub_id, number, max_chars, size)
+            else:
+                yield number, row
+    except Exception as exc:  # datasets raises many kinds (not found, offline, bad files...)
+        where = f" at row {number + 1}" if number else ""
+        raise InputError(f"cannot load the data set {hub_id!r} (split {split!r}){where}: "
+                         f"{type(exc).__name__}: {exc}; check the hub id, the split and the "
+                         f"network (hub data sets are downloaded when first read)") from None
 
 
 def _samples(
@@ -113,6 +123,7 @@ def _samples(
 ) -> Iterator[Record]:
     file = provenance.get("file") or provenance.get("url")
     for row in rows:
+        yield RECORD
         if isinstance(row, Reject):
             yield row
             continue
@@ -121,15 +132,15 @@ def _samples(
             if not isinstance(value, dict):
                 raise Unusable(f"expected a JSON object, got {json_type(value)}")
             messages, tools = to_messages(value, names)
-            yield make_sample(
-                source,
-                messages,
-                tools=tools,
-                provenance={**provenance, "line": line},
-                metadata={"format": format, **(metadata or {})},
-            )
+            sample = make_sample(source, messages, tools=tools,
+                                 provenance={**provenance, "line": line},
+                                 metadata={"format": format, **(metadata or {})})
         except Unusable as exc:
             yield Reject(source, str(exc), file=file, line=line, excerpt=excerpt(value))
+        except RECORD_ERRORS as exc:
+            yield unconvertible(source, file, line, exc, value)
+        else:
+            yield sample
 
 
 # --- formats ----------------------------------------------------------------------------------
@@ -137,14 +148,14 @@ def _samples(
 
 def _format_spec(format: str, fields: Mapping[str, str] | None):
     if format not in FORMATS:
-        raise ValueError(expected_one_of("format", sorted(FORMATS), format))
+        raise InputError(expected_one_of("format", sorted(FORMATS), format))
     known = FORMATS[format]
     names = {name: name for name in known}
     for key, value in (fields or {}).items():
         if key not in known:
-            raise ValueError(expected_one_of(f"field of format {format!r}", known, key))
+            raise InputError(expected_one_of(f"field of format {format!r}", known, key))
         if not isinstance(value, str) or not value:
-            raise ValueError(f"field {key!r}: expected a column name but received: {value!r}")
+            raise InputError(f"field {key!r}: expected a column name but received: {value!r}")
         names[key] = value
     converters = {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages}
     return converters[format], names
@@ -174,6 +185,8 @@ def _sharegpt(row: dict, names: dict[str, str]):
         value = turn.get(names["value"])
         if speaker is None:
             raise Unusable(f"missing field '{where}.{names['from']}'")
+        if not isinstance(speaker, str):
+            raise Unusable(f"field '{where}.{names['from']}': expected text, got {json_type(speaker)}")
         if not isinstance(value, str):
             raise Unusable(f"missing field '{where}.{names['value']}'")
         if speaker == FUNCTION_CALL:
@@ -205,7 +218,10 @@ def _messages(row: dict, names: dict[str, str]):
         if role not in ROLES:
             raise Unusable(f"{where}: unknown role {role!r}; expected one of: {list(ROLES)}")
         content = turn.get(names["content"])
-        calls = [_tool_call(call, f"{where}.tool_calls") for call in turn.get("tool_calls") or ()]
+        raw_calls = turn.get("tool_calls") or ()
+        if not isinstance(raw_calls, (list, tuple)):
+            raise Unusable(f"field '{where}.tool_calls': expected a list, got {json_type(raw_calls)}")
+        calls = [_tool_call(call, f"{where}.tool_calls") for call in raw_calls]
         if content is None and calls:
             content = ""  # OpenAI writes null content for a turn that only calls tools
         if not isinstance(content, str):
@@ -228,7 +244,7 @@ def _checked(messages: list[dict]) -> list[dict]:
 def _function_call(value: str, where: str) -> dict:
     try:
         call = json.loads(value)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise Unusable(f"{where}: function_call value is not JSON") from None
     return _tool_call(call, where)
 
@@ -243,8 +259,8 @@ def _tool_call(call: Any, where: str) -> dict:
     if isinstance(arguments, str):
         try:
             parsed = json.loads(arguments)
-        except json.JSONDecodeError:
-            parsed = None
+        except (json.JSONDecodeError, RecursionError):
+            parsed = None  # kept as the text it is
         arguments = parsed if isinstance(parsed, dict) else arguments
     if not isinstance(arguments, (dict, str)):
         arguments = json.dumps(arguments, ensure_ascii=False)
@@ -289,7 +305,7 @@ def _list(row: dict, names: dict[str, str], key: str, *, required: bool = True):
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:  # CSV cells and Parquet string columns carry lists as JSON text
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise Unusable(f"field {_label(names, key)}: not valid JSON") from None
     if value is None or value == "":
         if required:

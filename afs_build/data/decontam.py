@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from afs_build.data.quality import sample_texts
+from afs_build.data.texts import sample_texts
 from afs_build.data.records import Record, Reject
 
 MIN_SHORT_WORDS = 4

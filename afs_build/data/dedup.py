@@ -45,7 +45,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import xxhash
 
-from afs_build.data.quality import sample_texts
+from afs_build.data.texts import sample_texts
 from afs_build.data.records import Record, Reject
 
 _U64 = np.uint64

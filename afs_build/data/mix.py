@@ -24,8 +24,9 @@ Order of work, per group in name order:
    - ``fail``: raise :class:`MixError` naming the group, what it has and what it needs.
 
 The statistics report counts and tokens per group and source, the shares asked and realized
-(in the target's unit), a 10-bin histogram of quality scores, and the reject, dedup and
-decontamination counts of the earlier stages as given.
+(in the target's unit), a 10-bin histogram of quality scores, the reject, dedup and
+decontamination counts of the earlier stages as given, and ``warnings``: a group with
+samples but none in the eval split (too small for ``eval_fraction``) says so there.
 """
 
 from __future__ import annotations
@@ -104,8 +105,14 @@ def mix(pools: Mapping[str, Mapping[str, Pool]], shares: Mapping[str, float], *,
     groups = [_index(group, shares[group], readers[g], unit) for g, group in enumerate(names)]
     needs = _plan(groups, target, unit)
     held: set[str] = set()
+    warnings: list[str] = []
     for group, need in zip(groups, needs):
         _hold_out(group, need, eval_fraction, unit, held, _rng(seed, name, "pool", group.name))
+        if eval_fraction > 0 and not group.held:
+            warnings.append(f"{name}: group {group.name!r} is too small to give the eval split "
+                            f"anything ({len(group.ids)} unique samples, eval_fraction "
+                            f"{eval_fraction:g}); it has no eval samples: add data to it or "
+                            f"raise eval_fraction")
     for group in groups:
         _train_order(group, held)
     scale = _fit(groups, needs, target, unit, shortfall, upsample_cap, name)
@@ -122,7 +129,7 @@ def mix(pools: Mapping[str, Mapping[str, Pool]], shares: Mapping[str, float], *,
                  upsample_cap=upsample_cap, eval_fraction=eval_fraction,
                  scale=round(scale, 6), duplicate_ids=sum(g.duplicates for g in groups),
                  rejects=dict(rejects or {}), dedup=dict(dedup_stats or {}),
-                 decontam=dict(decontam_stats or {}))
+                 decontam=dict(decontam_stats or {}), warnings=warnings)
     return MixResult([item[0] for item in train], [item[0] for item in evals], stats)
 
 

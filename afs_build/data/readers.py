@@ -18,10 +18,12 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Union
 
+from afs_build.data.formats import TABLE_SUFFIXES, extension
 from afs_build.data.records import EXCERPT_CHARS, Reject
+from afs_build.errors import StageError
 
 MAX_CHARS = 100_000
-SUFFIXES = (".csv", ".json", ".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
+SUFFIXES = TABLE_SUFFIXES
 
 # What a reader yields: a parsed record with its line (or row number), or a Reject.
 Item = Union[tuple[int, Any], Reject]
@@ -29,6 +31,10 @@ Item = Union[tuple[int, Any], Reject]
 
 class Unusable(ValueError):
     """A record that cannot become a sample; the message is the reject reason."""
+
+
+class InputError(StageError, ValueError):
+    """A setting or an input file a converter cannot use at all (the message says which)."""
 
 
 # --- shared helpers for every converter --------------------------------------------------------
@@ -78,10 +84,28 @@ def malformed(source: str, file: str, line: int, exc: json.JSONDecodeError, text
                   excerpt=text[:EXCERPT_CHARS])
 
 
+def too_deep(source: str, file: str, line: int, text: str) -> Reject:
+    return Reject(source, "malformed JSON: nested too deeply to read", file=file, line=line,
+                  excerpt=text[:EXCERPT_CHARS])
+
+
+def unconvertible(source: str, file: str | None, line: int | None, exc: Exception,
+                  value: Any) -> Reject:
+    """The reject of a record whose values a converter could not handle (odd types, depth)."""
+    return Reject(source, f"cannot convert record: {type(exc).__name__}: {exc}"[:300],
+                  file=file, line=line, excerpt=excerpt(value))
+
+
+# Per-record problems a converter turns into a Reject rather than a failed stage: a value of an
+# unexpected type deep in a record, or nesting deeper than Python's stack.
+RECORD_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError)
+
+
 # --- readers ---------------------------------------------------------------------------------
 
 
 def reader_for(path) -> Callable[..., Iterator[Item]]:
+    """The reader for a file, by its extension; raises InputError for a type none reads."""
     name = os.fspath(path).lower()
     if name.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
         return read_jsonl_rows
@@ -91,7 +115,8 @@ def reader_for(path) -> Callable[..., Iterator[Item]]:
         return read_csv_rows
     if name.endswith(".parquet"):
         return read_parquet_rows
-    raise ValueError(expected_one_of(f"{os.fspath(path)}: file type", SUFFIXES, Path(name).suffix))
+    raise InputError(expected_one_of(f"{os.fspath(path)}: file type", SUFFIXES, extension(path))
+                     + "; rename the file to its format's extension, or convert it")
 
 
 def read_jsonl_rows(path, *, source: str, max_chars: int = MAX_CHARS) -> Iterator[Item]:
@@ -130,6 +155,8 @@ def read_jsonl_rows(path, *, source: str, max_chars: int = MAX_CHARS) -> Iterato
                 yield number, json.loads(text)
             except json.JSONDecodeError as exc:
                 yield malformed(source, file, number, exc, text)
+            except RecursionError:
+                yield too_deep(source, file, number, text)
 
 
 # Bytes that are not UTF-8 survive decoding with surrogateescape as lone surrogates.
@@ -160,6 +187,8 @@ def read_json_list_rows(
                         yield line, json.loads(text)
                     except json.JSONDecodeError as exc:
                         yield malformed(source, file, line + exc.lineno - 1, exc, text)
+                    except RecursionError:
+                        yield too_deep(source, file, line, text)
         except _BrokenList as exc:
             yield Reject(source, exc.reason, file=file, line=exc.line)
 
@@ -294,13 +323,18 @@ def read_parquet_rows(path, *, source: str, max_chars: int = MAX_CHARS, batch_ro
     """Yield ``(row number, row dict)`` for each row of a Parquet file, read in batches."""
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
     file = os.fspath(path)
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-        for row in batch.to_pylist():
-            number += 1
-            size = len(json.dumps(row, ensure_ascii=False, default=str))
-            if size > max_chars:
-                yield oversized(source, file, number, max_chars, size)
-            else:
-                yield number, row
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            for row in batch.to_pylist():
+                number += 1
+                size = len(json.dumps(row, ensure_ascii=False, default=str))
+                if size > max_chars:
+                    yield oversized(source, file, number, max_chars, size)
+                else:
+                    yield number, row
+    except (pa.ArrowException, ValueError) as exc:  # not Parquet, or damaged
+        yield Reject(source, f"unreadable Parquet file: {exc}"[:300], file=file, line=number + 1)

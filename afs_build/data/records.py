@@ -9,7 +9,7 @@ A sample is a plain dict (JSON-ready, see ``specs/sample.schema.json``)::
      "metadata": {...}}
 
 A :class:`Reject` records input that could not become a sample, with where it came from and
-why, so that nothing is lost silently.
+why, and a :class:`Filtered` one that a setting leaves out, so that nothing is lost silently.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Iterator, Union
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -50,6 +50,99 @@ class Reject:
 
 
 Record = Union[dict, Reject]
+
+
+@dataclass(frozen=True)
+class Filtered:
+    """An input record a converter left out because a setting asks it to (not an error).
+
+    Converters yield one per record so that every record read is accounted for: the stage
+    counts them by reason and writes them nowhere.
+    """
+
+    reason: str
+
+
+class Marker:
+    """A boundary in a converter's stream: which input record the outputs that follow are of."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# Converters yield RECORD before the outcomes (samples, rejects, or one Filtered) of each input
+# record they read, and DERIVED before samples made from records already counted (the
+# codebase's "Which file defines X?"). Outputs with no marker count as a record each.
+RECORD = Marker("RECORD")
+DERIVED = Marker("DERIVED")
+MAX_REASONS = 50  # distinct filter reasons kept by name; the rest count as "other"
+
+
+class Tally:
+    """Input records read, kept (at least one sample), rejected (rejects only) and filtered.
+
+    ``read == kept + rejected + filtered`` always holds. A record that gave nothing at all
+    counts as filtered, reason "no output", so no record goes missing.
+    """
+
+    _EMPTY, _REJECTED, _KEPT = "empty", "rejected", "kept"
+
+    def __init__(self) -> None:
+        self.read = self.kept = self.rejected = self.filtered = 0
+        self.reasons: dict[str, int] = {}
+        self._open: str | None = None  # the state of the record being read, or DERIVED
+
+    def count(self, stream: Iterable) -> Iterator[Record]:
+        """Pass the samples and rejects of `stream` through, counting its records."""
+        for item in stream:
+            if item is RECORD or item is DERIVED:
+                self._close()
+                self._open = self._EMPTY if item is RECORD else "derived"
+                continue
+            if isinstance(item, Filtered):  # the outcome of the record just opened, or its own
+                if self._open == self._EMPTY:
+                    self._open = None
+                self._close()
+                self._filter(item.reason)
+                continue
+            sample = not isinstance(item, Reject)
+            if self._open is None:  # an output with no marker is a record of its own
+                self.read += 1
+                if sample:
+                    self.kept += 1
+                else:
+                    self.rejected += 1
+            elif self._open != "derived" and (sample or self._open == self._EMPTY):
+                self._open = self._KEPT if sample else self._REJECTED
+            yield item
+        self._close()
+
+    def _filter(self, reason: str) -> None:
+        self.read += 1
+        self.filtered += 1
+        if reason not in self.reasons and len(self.reasons) >= MAX_REASONS:
+            reason = "other"
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def _close(self) -> None:
+        state, self._open = self._open, None
+        if state == self._KEPT:
+            self.read += 1
+            self.kept += 1
+        elif state == self._REJECTED:
+            self.read += 1
+            self.rejected += 1
+        elif state == self._EMPTY:
+            self._filter("no output")
+
+    def summary(self) -> dict[str, int]:
+        return {"read": self.read, "kept": self.kept, "rejected": self.rejected,
+                "filtered": self.filtered}
 
 
 def canonical_json(value: Any) -> str:
@@ -94,9 +187,12 @@ def make_sample(
 
 
 def split_records(records: Iterable[Record]) -> tuple[list[dict], list[Reject]]:
-    """Separate samples from rejects (for tests and small inputs; stages stream instead)."""
+    """Separate samples from rejects, dropping markers (for tests and small inputs)."""
     samples: list[dict] = []
     rejects: list[Reject] = []
     for record in records:
-        (rejects if isinstance(record, Reject) else samples).append(record)
+        if isinstance(record, Reject):
+            rejects.append(record)
+        elif isinstance(record, dict):
+            samples.append(record)
     return samples, rejects

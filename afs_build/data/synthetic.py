@@ -42,7 +42,8 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
 from afs_build.atomic import write_json
-from afs_build.data.records import Record, Reject, canonical_json, make_sample
+from afs_build.data.records import RECORD, Filtered, Record, Reject, canonical_json, make_sample
+from afs_build.data.secrets import find_secret
 from afs_build.errors import StageError, one_of, suggest
 
 TEMPLATE_KEYS = ("name", "when", "questions", "answer", "system")
@@ -97,16 +98,20 @@ def convert_synthetic(
 ) -> Iterator[Record]:
     """Yield one sample per fact, applicable template and chosen question paraphrase."""
     if paraphrases is not None and paraphrases < 1:
-        raise ValueError(f"paraphrases must be at least 1 (or None for all), got {paraphrases}")
+        raise TemplateError(f"paraphrases must be at least 1 (or None for all), got {paraphrases}")
     templates = load_templates(templates_path)
     facts_file = str(facts_path)
     for line, fact in load_facts(facts_path):
+        yield RECORD  # each fact is one input record
         if isinstance(fact, BadFact):
             yield Reject(source, fact.reason, file=facts_file, line=line, excerpt=fact.excerpt)
             continue
-        for template in templates:
-            if any(fact.get(field) is None for field in template.when):
-                continue
+        applicable = [t for t in templates if all(fact.get(field) is not None for field in t.when)]
+        if not applicable:
+            # every template's `when` asks for a field this fact lacks: filtered, not broken
+            yield Filtered("no template applies (each needs a field this fact lacks)")
+            continue
+        for template in applicable:
             yield from _fact_samples(fact, line, template, source=source, facts_file=facts_file,
                                      templates_file=str(templates_path), seed=seed,
                                      paraphrases=paraphrases, teacher=teacher, cache_dir=cache_dir)
@@ -136,6 +141,12 @@ def _fact_samples(fact: dict, line: int, template: Template, *, source: str, fac
             metadata["topic"] = fact["topic"]
         reply = answer
         if teacher is not None:
+            found = find_secret("\n".join(m["content"] for m in messages))
+            if found is not None:  # never sent to the teacher, never cached under build/
+                yield Reject(source, f"secret: {found.rule}", file=facts_file, line=line,
+                             detail={"template": template.name, "paraphrase": index,
+                                     "rule": found.rule})
+                continue
             reply = ask_teacher(teacher, messages, cache_dir).strip()
             generator = f"teacher:{teacher.model}"
             metadata["teacher"] = teacher.model
@@ -184,6 +195,10 @@ def load_templates(path) -> list[Template]:
         node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise TemplateError(f"{path}:{_yaml_where(exc)}invalid YAML: {_yaml_problem(exc)}") from exc
+    except UnicodeDecodeError as exc:
+        raise TemplateError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except RecursionError:
+        raise TemplateError(f"{path}: nested too deeply to read") from None
     if not isinstance(node, yaml.SequenceNode):
         raise TemplateError(f"{path}: expected a list of templates, got {_node_kind(node)}")
     env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
@@ -192,7 +207,7 @@ def load_templates(path) -> list[Template]:
     seen: set[str] = set()
     for number, item in enumerate(node.value, start=1):
         line = item.start_mark.line + 1
-        raw = _construct(item)
+        raw = _construct(item, path, TemplateError)
         where = f"{path}:{line}"
         if not isinstance(raw, dict):
             raise TemplateError(f"{where}: template #{number}: expected a mapping with keys "
@@ -269,12 +284,14 @@ def _yaml_facts(path: Path) -> Iterator[tuple[int, dict | BadFact]]:
         raise FactsError(f"{path}:{_yaml_where(exc)}invalid YAML: {_yaml_problem(exc)}") from exc
     except UnicodeDecodeError as exc:
         raise FactsError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except RecursionError:
+        raise FactsError(f"{path}: nested too deeply to read") from None
     if node is None:
         return
     if not isinstance(node, yaml.SequenceNode):
         raise FactsError(f"{path}: expected a list of facts (mappings), got {_node_kind(node)}")
     for item in node.value:
-        value = _construct(item)
+        value = _construct(item, path)
         if isinstance(value, dict):
             yield item.start_mark.line + 1, {str(key): field for key, field in value.items()}
         else:
@@ -302,12 +319,18 @@ def _csv_facts(path: Path) -> Iterator[tuple[int, dict | BadFact]]:
                 yield line, {name: cell for name, cell in zip(header, row) if cell.strip()}
     except UnicodeDecodeError as exc:
         raise FactsError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except csv.Error as exc:  # a NUL byte, a field over the size limit: cannot resynchronize
+        raise FactsError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from exc
 
 
-def _construct(node: yaml.Node) -> Any:
+def _construct(node: yaml.Node, path: Path, error: type = None) -> Any:
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_document(node)
+    except (yaml.YAMLError, RecursionError, TypeError, ValueError) as exc:  # tags, deep nesting
+        line = node.start_mark.line + 1
+        problem = getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
+        raise (error or FactsError)(f"{path}:{line}: cannot read this entry: {problem}") from None
     finally:
         loader.dispose()
 
@@ -355,7 +378,8 @@ def ask_teacher(teacher: TeacherConfig, messages: list[dict], cache_dir=None) ->
         except (ValueError, KeyError, TypeError):
             pass  # a damaged entry is asked again and overwritten
     answer = _post(teacher, messages)
-    if cached is not None and answer.strip():
+    # An answer carrying a secret is rejected at ingest; it must not stay in the cache either.
+    if cached is not None and answer.strip() and find_secret(answer) is None:
         write_json(cached, {**request, "answer": answer})
     return answer
 
@@ -386,7 +410,7 @@ def _post(teacher: TeacherConfig, messages: list[dict]) -> str:
         raise TeacherError(f"teacher request to {url} timed out after {teacher.timeout:g} s") from exc
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
         content = None
     if not isinstance(content, str):
         excerpt = raw[:200].decode("utf-8", "replace")

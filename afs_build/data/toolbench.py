@@ -29,13 +29,15 @@ from typing import Any, Iterator
 
 from afs_build.data.readers import (
     MAX_CHARS,
+    RECORD_ERRORS,
     Unusable,
     excerpt,
     json_type,
     read_json_list_rows,
     require_files,
+    unconvertible,
 )
-from afs_build.data.records import Record, Reject, make_sample
+from afs_build.data.records import RECORD, Record, Reject, make_sample
 
 API_MARKER = "Specifically, you have access to the following APIs:"
 FINISH = "Finish"
@@ -65,18 +67,22 @@ def convert_toolbench(path, *, source: str, max_chars: int = MAX_CHARS) -> Itera
 def _convert(path, *, source: str, max_chars: int) -> Iterator[Record]:
     file = os.fspath(path)
     for item in read_json_list_rows(path, source=source, max_chars=max_chars):
+        yield RECORD
         if isinstance(item, Reject):
             yield item
             continue
         line, instance = item
         try:
             messages, tools = instance_messages(instance)
+            metadata = {"toolbench_id": str(instance["id"])} if instance.get("id") is not None else {}
+            sample = make_sample(source, messages, tools=tools, metadata=metadata,
+                                 provenance={"file": file, "line": line})
         except Unusable as exc:
             yield Reject(source, str(exc), file=file, line=line, excerpt=excerpt(instance))
-            continue
-        metadata = {"toolbench_id": str(instance["id"])} if instance.get("id") is not None else {}
-        yield make_sample(source, messages, tools=tools, metadata=metadata,
-                          provenance={"file": file, "line": line})
+        except RECORD_ERRORS as exc:
+            yield unconvertible(source, file, line, exc, instance)
+        else:
+            yield sample
 
 
 def instance_messages(instance: Any) -> tuple[list[dict], list[dict]]:
@@ -134,7 +140,7 @@ def split_api_list(system: str) -> tuple[str, list[dict]]:
     literal = system[at + len(API_MARKER):].strip()
     try:
         apis = ast.literal_eval(literal)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as exc:
         raise Unusable(f"API list is not a Python literal: {exc}") from None
     if not isinstance(apis, list):
         raise Unusable(f"API list: expected a list, got {json_type(apis)}")
@@ -149,11 +155,11 @@ def tool_definition(api: Any, index: int) -> dict:
     return {
         "name": api["name"],
         "description": str(api.get("description") or ""),
-        "parameters": _json_schema(api.get("parameters")),
+        "parameters": _json_schema(api.get("parameters"), index),
     }
 
 
-def _json_schema(parameters: Any) -> dict:
+def _json_schema(parameters: Any, index: int) -> dict:
     """JSON Schema from ToolBench's parameters: ``optional`` dropped (implied), types normalized.
 
     ToolBench types are RapidAPI's (``STRING``, ``NUMBER``, ``ENUM``, ``DATE (YYYY-MM-DD)``...);
@@ -161,8 +167,15 @@ def _json_schema(parameters: Any) -> dict:
     """
     if not isinstance(parameters, dict):
         return {"type": "object", "properties": {}}
+    given = parameters.get("properties") or {}
+    if not isinstance(given, dict):
+        raise Unusable(f"API list entry {index}: 'properties' must be a mapping, "
+                       f"got {json_type(given)}")
+    required = parameters.get("required") or ()
+    if not isinstance(required, (list, tuple)):
+        raise Unusable(f"API list entry {index}: 'required' must be a list, got {json_type(required)}")
     properties = {}
-    for name, spec in (parameters.get("properties") or {}).items():
+    for name, spec in given.items():
         spec = dict(spec) if isinstance(spec, dict) else {}
         kind = str(spec.get("type", "string")).lower()
         spec["type"] = kind if kind in JSON_TYPES else "string"
@@ -170,7 +183,7 @@ def _json_schema(parameters: Any) -> dict:
             spec["examples"] = [spec.pop("example_value")]
         properties[str(name)] = spec
     schema: dict[str, Any] = {"type": "object", "properties": properties}
-    required = [name for name in parameters.get("required") or () if name in properties]
+    required = [name for name in required if isinstance(name, str) and name in properties]
     if required:
         schema["required"] = required
     return schema
@@ -202,6 +215,6 @@ def _arguments(raw: str) -> dict | str:
     try:
         # strict=False: ToolBench final answers often hold raw newlines inside strings.
         parsed = json.loads(raw, strict=False)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return raw
     return parsed if isinstance(parsed, dict) else raw

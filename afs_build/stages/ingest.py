@@ -1,4 +1,9 @@
-"""Convert each data source into canonical samples (ingest:<source>)."""
+"""Convert each data source into canonical samples, behind the secrets gate (ingest:<source>).
+
+A sample carrying a secret is rejected here, before anything is written, so that it is in no
+file under ``build/``; its reject names the rule and the position, never the secret. The
+sidecar counts the source's records: read = kept + rejected + filtered.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Iterator
 
 from .. import log
 from ..atomic import write_json
-from ..errors import StageError
+from ..errors import AfsError, StageError
 from ..manifest import Manifest, Source, plain
 from ..paths import Layout
 from ..uptodate import SliceChanged, TreeChanged
@@ -15,7 +20,7 @@ from .common import action, write_records
 
 NAME = "ingest"
 # Bump when a converter's output changes for the same input: every source re-ingests.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
@@ -131,12 +136,16 @@ def records(manifest: Manifest, source: Source, layout: Layout):
 
 @action(NAME)
 def run(manifest: Manifest, name: str) -> None:
-    """Stream the source's records into samples.jsonl and rejects.jsonl, then the sidecar."""
+    """Stream the source's records through the secrets gate into samples.jsonl and rejects.jsonl."""
+    from ..data.records import Tally
+    from ..data.secrets import screen
+
     layout = Layout.of(manifest)
     source = manifest.sources[name]
     files = layout.ingest(name)
     task = f"{NAME}:{name}"
     root = str(manifest.root) + "/"
+    where = f"{manifest.file.name}: sources.{name}"
 
     def relative(item: dict) -> dict:
         # Provenance and rejects name files relative to the manifest, so outputs are portable.
@@ -145,12 +154,33 @@ def run(manifest: Manifest, name: str) -> None:
             holder["file"] = holder["file"][len(root):]
         return item
 
+    tally = Tally()
     with log.step(task, f"converting {source.kind} source", source=name) as summary:
         try:
-            counts = write_records(records(manifest, source, layout), files, task, fix=relative)
-        except FileNotFoundError as err:
-            raise StageError(f"source {name!r} ({manifest.file}): input not found: "
-                             f"{err.filename or err}; fix sources.{name} or create the file") from None
-        summary.update(samples=counts["samples"], rejects=counts["rejects"])
+            stream = tally.count(screen(records(manifest, source, layout)))
+            counts = write_records(stream, files, task, fix=relative)
+        except AfsError as err:
+            raise StageError(f"{where} ({source.kind}): {err.render()}") from None
+        except OSError as err:
+            if str(err.filename or "").startswith(str(layout.build)):
+                raise StageError(f"{task}: cannot write {err.filename}: {err.strerror or err}; "
+                                 f"check the build folder's disk and permissions") from None
+            raise StageError(f"{where} ({source.kind}): {_read_problem(err)}; fix "
+                             f"sources.{name} or the file") from None
+        summary.update(samples=counts["samples"], rejects=counts["rejects"],
+                       filtered=tally.filtered)
     write_json(files.meta, {"source": name, "kind": source.kind, **counts,
+                            "records": tally.summary(), "filtered": tally.reasons,
                             "settings": plain(source.settings)})
+
+
+def _read_problem(err: OSError) -> str:
+    """What went wrong reading an input, in the words of the file system."""
+    path = err.filename or ""
+    if isinstance(err, FileNotFoundError):
+        return f"input not found: {path or err}"
+    if isinstance(err, IsADirectoryError):
+        return f"{path}: expected a file, found a folder"
+    if isinstance(err, NotADirectoryError) and not path:
+        return str(err)
+    return f"cannot read {path or 'an input'}: {err.strerror or err}"

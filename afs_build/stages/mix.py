@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +16,7 @@ from ..uptodate import SliceChanged
 from .common import action
 
 NAME = "mix"
-MIXER_VERSION = 1
+MIXER_VERSION = 2
 
 
 def slices(manifest: Manifest, specialist: str) -> list:
@@ -24,7 +25,7 @@ def slices(manifest: Manifest, specialist: str) -> list:
     spec = manifest.specialists[specialist]
     return [
         SliceChanged(f"specialists.{specialist}.mix", spec.mix),
-        SliceChanged(f"mixes.{spec.mix}", manifest.mixes[spec.mix]),
+        SliceChanged(f"mixes.{spec.mix}", {"mix": manifest.mixes[spec.mix], "mixer": MIXER_VERSION}),
         SliceChanged("dedup", manifest.dedup),
         SliceChanged("project.seed", manifest.project.seed),
         SliceChanged("eval.suite", manifest.eval.suite),
@@ -79,6 +80,8 @@ def run(manifest: Manifest, specialist: str) -> None:
             AtomicJsonlWriter(files.rejects) as rejects:
         # Earlier stages' rejects first, so this one file accounts for every dropped record.
         upstream: dict[str, dict] = {}
+        records: dict[str, dict] = {}
+        filtered: dict[str, dict] = {}
         for source in sources:
             for stage in (layout.ingest(source), layout.score(source)):
                 for item in read_jsonl(stage.rejects):
@@ -86,6 +89,9 @@ def run(manifest: Manifest, specialist: str) -> None:
                 meta = json.loads(stage.meta.read_text(encoding="utf-8"))
                 for reason, count in meta.get("reject_reasons", {}).items():
                     upstream.setdefault(source, {})[reason] = upstream.get(source, {}).get(reason, 0) + count
+                if stage == layout.ingest(source):
+                    records[source] = meta.get("records", {})
+                    filtered[source] = meta.get("filtered", {})
 
         index = DedupIndex(exact=dd.exact, near=dd.near, threshold=dd.threshold,
                            num_perm=dd.num_perm, shingle=dd.shingle, seed=manifest.project.seed)
@@ -114,16 +120,24 @@ def run(manifest: Manifest, specialist: str) -> None:
             name=f"{manifest.file.name}: mixes.{recipe.name} (for specialist {specialist!r})", rejects=upstream,
             dedup_stats=result.stats if result is not None else {"enabled": False},
             decontam_stats={**checker.stats, "suite": manifest.eval.suite})
+        for warning in mixed.stats["warnings"]:
+            log.event(warning, task=task, level=logging.WARNING, specialist=specialist)
         write_jsonl(files.train, mixed.train)
         write_jsonl(files.eval, mixed.eval)
         summary.update(train=len(mixed.train), eval=len(mixed.eval), rejects=rejects.count)
-    write_json(files.stats, {"specialist": specialist, "mix": recipe.name, **mixed.stats})
+    # Per source, every record read is kept, rejected or filtered (records), and why (filtered).
+    write_json(files.stats, {"specialist": specialist, "mix": recipe.name, **mixed.stats,
+                             "records": records, "filtered": filtered})
 
 
 def eval_questions(manifest: Manifest) -> list[str]:
-    """The evaluation questions training data must not contain (from eval.suite)."""
-    from ..data.jsonl import read_jsonl
+    """The evaluation questions training data must not contain (from eval.suite, checked)."""
+    from ..evaluation import suite
 
     if not manifest.eval.suite:
         return []
-    return [q["question"] for q in read_jsonl(manifest.resolve(manifest.eval.suite)) if q.get("question")]
+    # Decontamination reads the questions alone: who answers and who judges are eval's checks
+    # (a judge name here only stops the loader asking for one).
+    questions = suite.load(manifest.resolve(manifest.eval.suite), manifest.eval.suite,
+                           judges=("decontamination",))
+    return [q["question"] for q in questions if q.get("question")]

@@ -6,18 +6,22 @@ from typing import Iterator
 
 from .. import log
 from ..atomic import write_json
+from ..errors import StageError
 from ..manifest import Manifest
 from ..paths import Layout
 from ..uptodate import SliceChanged
-from .common import action, read_samples, write_records
+from .common import action
 
 NAME = "score"
-SCORER_VERSION = 1
+SCORER_VERSION = 2
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
 
     layout = Layout.of(manifest)
+    # How many processes score (quality.workers) changes no output: it is not in the slice.
+    reads = {"threshold": manifest.quality.threshold, "weights": manifest.quality.weights,
+             "scorer": SCORER_VERSION}
     for source in manifest.sources:
         files, inputs = layout.score(source), layout.ingest(source)
         yield {
@@ -27,7 +31,7 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
             "file_dep": [str(inputs.samples)],
             "task_dep": [f"ingest:{source}"],
             "targets": [str(files.samples), str(files.rejects), str(files.meta)],
-            "uptodate": [SliceChanged("quality", {"quality": manifest.quality, "scorer": SCORER_VERSION})],
+            "uptodate": [SliceChanged("quality", reads)],
             "clean": True,
         }
 
@@ -35,14 +39,23 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
 @action(NAME)
 def run(manifest: Manifest, source: str) -> None:
     """Read the ingested samples, write the kept ones with their scores and the rejects."""
-    from ..data.quality import score_stream
+    from ..data.jsonl import JsonlError
+    from ..data.quality import score_file, workers_for
 
     layout = Layout.of(manifest)
     files, inputs = layout.score(source), layout.ingest(source)
     task = f"{NAME}:{source}"
-    with log.step(task, "scoring samples", source=source) as summary:
-        stream = score_stream(read_samples(inputs.samples), weights=dict(manifest.quality.weights),
-                              threshold=manifest.quality.threshold)
-        counts = write_records(stream, files, task)
+    quality = manifest.quality
+    workers = workers_for(quality.workers, inputs.samples.stat().st_size)
+    with log.step(task, "scoring samples", source=source, workers=workers) as summary, \
+            log.progress(task) as advance:
+        try:
+            counts = score_file(inputs.samples, files.samples, files.rejects,
+                                weights=dict(quality.weights), threshold=quality.threshold,
+                                workers=workers, progress=advance)
+        except JsonlError as err:  # ingest wrote it: damaged since, by hand or a full disk
+            raise StageError(f"{err}; ingest:{source} wrote this file: rebuild it with "
+                             f"`doit forget ingest:{source}` and `doit`") from None
         summary.update(samples=counts["samples"], rejects=counts["rejects"])
-    write_json(files.meta, {"source": source, **counts, "threshold": manifest.quality.threshold})
+    write_json(files.meta, {"source": source, **counts, "threshold": quality.threshold,
+                            "workers": workers})

@@ -1,4 +1,4 @@
-"""Quality signals, the secrets gate and the weighted score."""
+"""Quality signals, the weighted score, and the file scorer the score stage runs."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ import json
 import pytest
 
 from afs_build.data.jsonl import JsonlError, read_jsonl, write_jsonl
-from afs_build.data.quality import (
-    DEFAULT_WEIGHTS,
-    SIGNALS,
-    Texts,
-    find_secret,
-    sample_texts,
-    score_file,
-    score_sample,
-    score_stream,
-)
+from afs_build.data.quality import QualityError, score_file, score_sample, workers_for
 from afs_build.data.records import Reject, make_sample
+from afs_build.data.signals import DEFAULT_WEIGHTS, SIGNALS, Texts
 
 QUESTION = "Write a Python function that adds two numbers and returns the sum."
 ANSWER = "```python\ndef add(a, b):\n    return a + b\n```\nIt returns the sum of both arguments."
@@ -118,51 +110,6 @@ def test_length_and_echo_edge_cases():
         0.5, "answer starts by repeating the instruction")
 
 
-# --- secrets --------------------------------------------------------------------------------
-
-SECRETS = {
-    "private key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n-----END RSA PRIVATE KEY-----",
-    "aws access key": "aws_id = AKIAIOSFODNN7EXAMPLF",
-    "github token": "token: ghp_" + "a1B2" * 9,
-    "openai api key": "client = OpenAI(api_key=os.environ['K'])  # was sk-proj-" + "Ab3x" * 6,
-    "api key assignment": 'API_KEY = "f3a9c2e1d4b7a8c0"',
-    "email address": "Contact jane.doe@acme-corp.io for access.",
-}
-
-
-@pytest.mark.parametrize("kind", sorted(SECRETS))
-def test_secrets_are_rejected_without_an_excerpt(kind):
-    result = score_sample(sample(answer=f"Sure.\n{SECRETS[kind]}\n"), weights=DEFAULT_WEIGHTS,
-                          threshold=0.0)
-    assert isinstance(result, Reject)
-    assert result.reason == f"secret: {kind}"
-    assert result.excerpt == "" and (result.file, result.line) == ("data.jsonl", 7)
-
-
-def test_secrets_in_the_system_prompt_and_tool_calls_count():
-    assert find_secret(sample_texts(sample())[0]) is None
-    leaky = sample(system="Use key AKIAIOSFODNN7EXAMPLF")
-    assert score_sample(leaky).reason == "secret: aws access key"
-    call = make_sample("s", [
-        {"role": "user", "content": QUESTION},
-        {"role": "assistant", "content": "",
-         "tool_calls": [{"name": "login", "arguments": {"password": "hunter2hunter2"}}]}],
-        provenance={"line": 1})
-    assert score_sample(call).reason == "secret: api key assignment"
-
-
-@pytest.mark.parametrize("text", [
-    'api_key = "YOUR_API_KEY_HERE"',
-    "pip install sk-learn-compatible-transformers",
-    "Write to user@example.com or ops@mail.test",
-    "git clone git@github.com:afs/afs.git",
-    "logo@2x.png and y = x@self.weight",
-    "password = os.environ['DB_PASSWORD']",
-])
-def test_lookalikes_are_not_secrets(text):
-    assert find_secret(text) is None
-
-
 # --- the score ------------------------------------------------------------------------------
 
 
@@ -199,39 +146,39 @@ def test_a_score_just_under_the_threshold_prints_enough_digits():
     assert result.reason.startswith("quality below threshold: 0.5000 < 0.5001 (lowest: ")
 
 
-def test_weights_are_checked():
-    with pytest.raises(ValueError, match=r"unknown quality signal 'repetiton'.*did you mean "
-                                         r"'repetition'\?"):
-        score_stream([], weights={"repetiton": 1.0}, threshold=0.5)
+def test_weights_are_checked(tmp_path):
+    source = tmp_path / "samples.jsonl"
+    write_jsonl(source, [sample()])
+    with pytest.raises(QualityError, match=r"unknown quality signal 'repetiton'.*did you mean "
+                                           r"'repetition'\?"):
+        score_file(source, tmp_path / "out.jsonl", tmp_path / "rej.jsonl",
+                   weights={"repetiton": 1.0}, threshold=0.5)
+    assert not (tmp_path / "out.jsonl").exists()
     with pytest.raises(ValueError, match="weight of 'echo' must be a number >= 0"):
         score_sample(sample(), weights={"echo": -1}, threshold=0.5)
-    with pytest.raises(ValueError, match="all zero"):
+    with pytest.raises(QualityError, match="all zero"):
         score_sample(sample(), weights={"echo": 0}, threshold=0.5)
-    with pytest.raises(ValueError, match="threshold must be a number in"):
+    with pytest.raises(QualityError, match="threshold must be a number in"):
         score_sample(sample(), weights=DEFAULT_WEIGHTS, threshold=1.5)
 
 
-def test_stream_passes_rejects_through():
-    earlier = Reject("s", "malformed JSON", file="x.jsonl", line=3)
-    records = [sample(), earlier, sample(answer=""), sample(answer=PROSE)]
-    scored = list(score_stream(records, weights=DEFAULT_WEIGHTS, threshold=0.9))
-    assert scored[1] is earlier
-    assert isinstance(scored[2], Reject) and isinstance(scored[0], dict)
-
-
 @pytest.mark.parametrize("workers", [1, 2])
-def test_score_file_matches_the_stream_in_order(tmp_path, workers, monkeypatch):
+def test_score_file_scores_each_sample_in_order(tmp_path, workers, monkeypatch):
     import afs_build.data.quality as quality
 
     monkeypatch.setattr(quality, "_CHUNK_LINES", 2)  # several chunks, to check their order
     records = [sample(answer=f"{PROSE} ({i})") for i in range(5)] + [sample(answer="")]
-    records.insert(2, sample(answer="key AKIAIOSFODNN7EXAMPLF"))
+    records.insert(2, sample(answer="As an AI language model, I cannot."))
     source = tmp_path / "samples.jsonl"
     write_jsonl(source, records)
+    done = []
     counts = score_file(source, tmp_path / "scored.jsonl", tmp_path / "rejects.jsonl",
-                        weights=DEFAULT_WEIGHTS, threshold=0.9, workers=workers)
-    expected = list(score_stream(records, weights=DEFAULT_WEIGHTS, threshold=0.9))
-    assert counts == {"samples": 5, "rejects": 2}
+                        weights=DEFAULT_WEIGHTS, threshold=0.9, workers=workers,
+                        progress=done.append)
+    expected = [score_sample(r, weights=DEFAULT_WEIGHTS, threshold=0.9) for r in records]
+    assert counts == {"samples": 5, "rejects": 2,
+                      "reject_reasons": {"quality below threshold": 2}}
+    assert sum(done) == len(records) and len(done) == 4
     assert list(read_jsonl(tmp_path / "scored.jsonl")) == [
         r for r in expected if not isinstance(r, Reject)]
     assert list(read_jsonl(tmp_path / "rejects.jsonl")) == [
@@ -244,3 +191,17 @@ def test_score_file_names_a_broken_line(tmp_path):
     with pytest.raises(JsonlError, match=r"samples\.jsonl:2: invalid JSON"):
         score_file(source, tmp_path / "out.jsonl", tmp_path / "rejects.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_workers_auto_is_one_process_for_small_inputs_and_busy_cpus(monkeypatch):
+    import os
+
+    from afs_build.data.quality import AUTO_MIN_BYTES
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # the build alone
+    assert workers_for("auto", 1000) == 1
+    assert workers_for("auto", AUTO_MIN_BYTES) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.5, 6.0, 6.0))  # other jobs hold the CPUs
+    assert workers_for("auto", AUTO_MIN_BYTES) == 1
+    assert workers_for(3, 10) == 3
