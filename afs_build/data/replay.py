@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
 from ..atomic import write_json
-from .records import Record, Reject, canonical_json, make_sample
+from .records import Filtered, Marker, Record, Reject, canonical_json, make_sample
 
 
 def convert_replay(path, *, source: str, format: str, fields: Mapping[str, str] | None, max_chars: int,
@@ -39,11 +39,12 @@ def convert_replay(path, *, source: str, format: str, fields: Mapping[str, str] 
     count = 0
     try:
         for record in convert_custom(path, source=source, format=format, fields=fields, max_chars=max_chars):
-            if isinstance(record, Reject):
+            if isinstance(record, (Reject, Marker, Filtered)):  # the reader's own outcomes and markers
                 yield record
                 continue
             if limit is not None and count >= limit:
-                break
+                yield Filtered(f"past replay limit {limit}")
+                continue
             prompt = _prompt(record["messages"], system_prompt)
             if prompt is None:
                 yield Reject(source, "no user turn to answer", file=record["provenance"].get("file"),

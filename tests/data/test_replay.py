@@ -31,8 +31,11 @@ def write_prompts(path):
 
 
 def replay(path, gguf, cache, **kwargs):
-    return list(convert_replay(path, source="replay", format="alpaca", fields={}, max_chars=10_000, gguf=gguf,
-                               model_digest="d1", max_tokens=8, cache_dir=cache, **kwargs))
+    from afs_build.data.records import Filtered, Marker
+
+    return [r for r in convert_replay(path, source="replay", format="alpaca", fields={}, max_chars=10_000,
+                                      gguf=gguf, model_digest="d1", max_tokens=8, cache_dir=cache, **kwargs)
+            if not isinstance(r, (Marker, Filtered))]
 
 
 def greedy(gguf, prompts, max_tokens=8):
@@ -80,7 +83,8 @@ def test_answers_are_cached_by_model_prompt_and_settings(tmp_path, gguf):
 
 def test_limit_and_system_prompt(tmp_path, gguf):
     records = replay(write_prompts(tmp_path / "p.jsonl"), gguf, None, limit=1, system_prompt="Be brief.")
-    assert len(records) == 1
+    # one prompt answered; the reader's reject of the empty instruction still passes through
+    assert len(records) == 2 and isinstance(records[1], Reject) and records[1].line == 3
     if not isinstance(records[0], Reject):
         assert [m["role"] for m in records[0]["messages"]] == ["user", "assistant"]  # system turn not kept
 
