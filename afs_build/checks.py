@@ -188,5 +188,13 @@ def check_eval(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
         yield from _exists(pos, root, ("eval", "suite"), data["eval"]["suite"], "file")
 
 
+def check_retrieval(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
+    """Indexes name sources of kinds that can be indexed and files that exist; specialists name
+    indexes that exist."""
+    from .retrieval.checks import retrieval_problems
+
+    yield from retrieval_problems(data, pos, root)
+
+
 CHECKS = (check_models, check_specialists, check_ports, check_mixes, check_sources,
-          check_hardware_fit, check_eval)
+          check_hardware_fit, check_eval, check_retrieval)
