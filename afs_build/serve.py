@@ -138,7 +138,7 @@ def chat_format(model: Path, alias: str) -> Optional[str]:
 
 
 def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", port: int = 8000,
-              n_threads: Optional[int] = None):
+              n_threads: Optional[int] = None, retrieval: Optional[Path] = None):
     """The wrapped ASGI app serving `model` as `alias` (loads the model: takes a moment)."""
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -149,7 +149,12 @@ def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", p
                              chat_format=chat_format(model, alias), verbose=False, **extra)
     app = create_app(server_settings=ServerSettings(host=host, port=port),
                      model_settings=[settings])
-    return OnlyAlias(app, alias)
+    app = OnlyAlias(app, alias)
+    if retrieval is not None:  # /v1/embeddings, /v1/search and chat that retrieves first
+        from .retrieval.endpoints import wrap
+
+        app = wrap(app, retrieval, alias)
+    return app
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -163,6 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--n-ctx", type=int, default=2048, help="context length")
     parser.add_argument("--n-threads", type=int, default=None)
     parser.add_argument("--token", default="", help="marks a server afs started (afs stop)")
+    parser.add_argument("--retrieval", type=Path, default=None,
+                        help="retrieval settings written by deploy (afs_build.retrieval.endpoints)")
     args = parser.parse_args(argv)
     # ggml's OpenMP threads spin while idle otherwise; must be set before llama_cpp loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -170,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import uvicorn
 
     app = build_app(args.model, args.alias, n_ctx=args.n_ctx, host=args.host, port=args.port,
-                    n_threads=args.n_threads)
+                    n_threads=args.n_threads, retrieval=args.retrieval)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 

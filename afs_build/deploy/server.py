@@ -183,7 +183,7 @@ def _gguf_identity(gguf: Path) -> dict[str, Any]:
 
 
 def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: Path,
-          log_file: Path, timeout: float = 60) -> dict:
+          log_file: Path, timeout: float = 60, retrieval: Optional[Path] = None) -> dict:
     """Serve `gguf` as `name` on `host`:`port` in the background; return its pid record.
 
     The record carries an ``action``: ``started``; ``restarted`` (afs's server for `name` was
@@ -197,6 +197,8 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
         raise StageError(f"cannot serve specialist {name}: {gguf} does not exist; build it "
                          f"first (afs build)")
     wanted = {**_gguf_identity(gguf), "host": host, "port": port, "n_ctx": n_ctx}
+    if retrieval is not None:  # its settings are part of what is served: a change restarts
+        wanted["retrieval"] = Path(retrieval).read_text(encoding="utf-8")
     record = read_pid_file(pid_file)
     action = "started"
     if record is not None:
@@ -218,6 +220,8 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
     token = TOKEN_PREFIX + secrets.token_hex(8)
     command = [sys.executable, "-m", "afs_build.serve", "--model", str(gguf), "--alias", name,
                "--host", host, "--port", str(port), "--n-ctx", str(n_ctx), "--token", token]
+    if retrieval is not None:
+        command += ["--retrieval", str(Path(retrieval).absolute())]
     env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
     env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT),

@@ -258,7 +258,7 @@ def _yaml_items(lines: list[str]) -> list[tuple[int, int, str, str]]:
             item = None
         if isinstance(item, list) and item and isinstance(item[0], dict):
             for key, value in item[0].items():
-                if key not in _NOT_NAMES and isinstance(value, (str, int, float)) and len(str(value)) <= 60:
+                if key not in _NOT_NAMES and isinstance(value, (str, int, float)) and len(str(value)) <= 120:
                     symbol = str(value)
                     break
         out.append((start, end, symbol, "entry"))

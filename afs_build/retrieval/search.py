@@ -190,6 +190,20 @@ class Retriever:
             raise StageError(f"unknown search mode {mode!r}; expected one of: {', '.join(MODES)}")
         return self.fuse(self.rankings(query, max(top_k, self.index.search.candidates), (mode,)), mode, top_k)
 
+    def search_many(self, queries: list[str], top_k: int, mode: Optional[str] = None) -> list[list[Hit]]:
+        """:meth:`search` for many queries, their embeddings computed in batches."""
+        mode = mode or self.index.search.mode
+        k = max(top_k, self.index.search.candidates)
+        self.refresh()
+        vectors = self.embed_queries(queries) if mode != "lexical" and queries else [None] * len(queries)
+        out = []
+        for query, vector in zip(queries, vectors):
+            with self._lock:
+                ranked = {"lexical": self._reader.lexical(query, k) if mode != "dense" else [],
+                          "dense": self._reader.dense(vector, k) if mode != "lexical" else []}
+            out.append(self.fuse(ranked, mode, top_k))
+        return out
+
     def close(self) -> None:
         with self._lock:
             if self._reader is not None:
