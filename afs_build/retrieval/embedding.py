@@ -87,7 +87,9 @@ class TransformersEmbedder:
     def __init__(self, folder: Path, *, max_tokens: int, threads: Optional[int] = None):
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per load would fill doit's console
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -134,6 +134,7 @@ class Retriever:
             if (stat.st_size, stat.st_mtime_ns) != (size, mtime) and file_digest(Path(path)) != digest:
                 changed.append(path)
         if changed:
+            changed.sort()
             shown = _relative(self.manifest.root, changed[0])
             more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
             raise RetrievalError(f"index {self.name!r} is stale: {shown}{more} changed since it was "
