@@ -38,7 +38,7 @@ def clip(text: str, limit: int) -> str:
             break
         kept.append(line)
         size += len(line) + 1
-    return "\n".join(kept) if kept else text[:limit]
+    return "\n".join(kept).rstrip() if kept else text[:limit]
 
 
 def heading(number: int, chunk: Chunk) -> str:
