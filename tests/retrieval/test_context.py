@@ -64,3 +64,26 @@ def test_training_samples_get_their_own_question_s_context(tmp_path):
     assert stats == {"index": "code", "top_k": 2, "context_chars": 80, "samples": 3, "with_context": 2,
                      "without_query": 1, "own_file_retrieved": 2, "with_provenance": 2}
     json.dumps(train)
+
+
+def test_the_mix_of_a_train_context_specialist_carries_the_context(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    write_project(tmp_path, specialists={"hylia": {
+        "role": "R", "base": "tiny", "mix": "general", "hardware": "cpu", "port": 6112,
+        "retrieval": {"index": "code", "top_k": 1, "train_context": True}}})
+    run = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "mix:hylia"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ".  index:code" in run.stdout  # the index is built first
+    folder = tmp_path / "build" / "data" / "mix" / "hylia"
+    samples = [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
+               for line in (folder / name).read_text().splitlines()]
+    assert samples and all(s["messages"][0]["content"].startswith("Context:\n[1] ") for s in samples)
+    assert all(s["messages"][0]["content"].endswith("Question: What is 2 plus 2?") for s in samples)
+    assert json.loads((folder / "context.json").read_text())["with_context"] == len(samples)

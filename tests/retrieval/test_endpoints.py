@@ -27,6 +27,11 @@ from retrieval_helpers import write_project  # noqa: E402
 from tinymodel import tiny_gguf  # noqa: E402
 
 QUESTION = "Which file defines `minhash_signatures`?"
+SUITE = "".join(json.dumps(q) + "\n" for q in [
+    {"id": "r1", "category": "retrieval", "specialists": ["hylia"], "question": QUESTION,
+     "answer": "dedup.py", "grading": "contains", "max_tokens": 4},
+    {"id": "g1", "category": "general", "question": "What is 2 plus 2?", "answer": "4",
+     "grading": "contains", "max_tokens": 4}])
 
 
 def free_port() -> int:
@@ -43,7 +48,8 @@ def hylia(tmp_path_factory):
         "role": "Retrieval", "base": "tiny", "mix": "general", "hardware": "cpu", "port": port,
         "quantize": ["F16"], "context_length": 512, "system_prompt": "You are Hylia.",
         "retrieval": {"index": "code", "top_k": 2, "context_chars": 60, "cite": True}}},
-        extra={"deploy": {"lmstudio_dir": str(root / "lmstudio")}})
+        extra={"deploy": {"lmstudio_dir": str(root / "lmstudio")}, "eval": {"suite": "suite.jsonl"}},
+        files={"suite.jsonl": SUITE})
     layout = Layout.of(manifest)
     log.setup(layout.log_file)
     build(manifest, "code", "index:code")
@@ -122,6 +128,31 @@ def test_chat_answers_with_the_retrieved_chunks_and_cites_them(hylia):
     one = client.chat.completions.create(model="hylia", messages=messages, max_tokens=1,
                                          extra_body={"retrieval": {"top_k": 1}})
     assert len(one.model_extra["retrieval"]["chunks"]) == 1
+
+
+def test_eval_asks_with_and_without_retrieval_and_keeps_the_difference(hylia):
+    from afs_build.stages import evaluate
+
+    manifest, layout, _, _ = hylia
+    assert evaluate.run(manifest, "hylia") is None
+    files = layout.eval("hylia")
+    with_rows = [json.loads(line) for line in files.results.read_text().splitlines()]
+    without = [json.loads(line) for line in files.without_retrieval.read_text().splitlines()]
+    assert [r["question_id"] for r in with_rows] == [r["question_id"] for r in without] == ["r1", "g1"]
+    assert with_rows[0]["retrieved"][0] == "dedup.py:6-8" and "retrieved" not in without[0]
+    # With cite on, the reply names the retrieved file: the contains-grading sees it.
+    assert with_rows[0]["score"] == 1.0 and "Sources: [1] dedup.py:6-8" in with_rows[0]["reply"]
+    effect = json.loads(files.retrieval_effect.read_text())
+    assert effect["index"] == "code" and effect["questions_with_context"] == 2
+    assert effect["own_categories"] == ["retrieval"] and effect["by_category"]["retrieval"]["mean_a"] == 1.0
+    assert effect["by_category"]["retrieval"]["difference"] == 1.0 - without[0]["score"]
+    from jsonschema import Draft202012Validator
+
+    from conftest import REPO
+
+    validator = Draft202012Validator(json.loads((REPO / "specs/result.schema.json").read_text()))
+    for row in with_rows + without:
+        validator.validate(row)
 
 
 def test_a_stale_index_is_an_error_naming_its_task_and_a_rebuilt_one_is_picked_up(hylia):
