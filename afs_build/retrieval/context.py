@@ -7,11 +7,11 @@ of its text, clipped to ``context_chars``; the question comes last, after ``Ques
 model answers right after reading it::
 
     Context:
-    [1] data/decontam.py:59-64 Decontaminator
-    class Decontaminator:
-        \"\"\"Drop training samples that match an evaluation question.\"\"\"
+    [1] post/merge.py:100-135 merged_tensors
+    def merged_tensors(base_folder: Path, adapter_folder: Path) -> Iterator[...]:
+        \"\"\"Yield every tensor of the base with the LoRA merged in.\"\"\"
 
-    Question: Which file defines `Decontaminator`?
+    Question: Where is the LoRA merged into each tensor?
 
 A training sample of a specialist with ``train_context`` gets the chunks retrieved for its own
 question put into its first user turn in exactly this format, so the LoRA learns to read it.

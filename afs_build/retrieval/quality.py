@@ -2,12 +2,11 @@
 
 Questions are JSON lines with known source locations::
 
-    {"id": "code-01", "category": "codebase", "question": "Which file defines `Decontaminator`?",
-     "expected": [{"source": "afs-codebase", "file": "data/decontam.py", "symbol": "Decontaminator"}]}
+    {"id": "q1", "category": "codebase", "question": "Where is the LoRA merged into each tensor?",
+     "expected": [{"source": "afs-codebase", "file": "post/merge.py", "symbol": "merged_tensors"}]}
 
 A chunk answers an expected location when its source (if given) and file match and, if given,
-its symbol is the expected one or a member of it (``Decontaminator.match`` for
-``Decontaminator``) and its lines overlap ``lines`` ([first, last]). Symbols rather than line
+its symbol is the expected one or a member of it (``Box.open`` for ``Box``) and its lines overlap ``lines`` ([first, last]). Symbols rather than line
 numbers keep the set true while the code around them changes. recall@k is the share of a
 question's expected locations found in the top k (averaged over questions); MRR is the mean of
 1/rank of the first relevant chunk in the top 10 (0 when none).
