@@ -30,6 +30,30 @@ which who why with written you defined defines define implemented lives live cod
 _WORD = re.compile(r"[A-Za-z0-9]+")
 
 
+def usearch_index():
+    """usearch's ``Index`` class, imported so that llama.cpp still loads models afterwards.
+
+    usearch's wheel links libstdc++ statically, and libstdc++'s locale facet ids are GNU-unique
+    symbols: imported first, its copies win, and llama.cpp (on the shared libstdc++) then fails
+    to load any model ("error loading model vocabulary: std::bad_cast"; measured with usearch
+    2.26.6 and llama-cpp-python 0.3.36). Loading the shared libstdc++ first makes both use its
+    ids. Where there is none (macOS builds use libc++), there is nothing to do.
+    """
+    import ctypes
+    import ctypes.util
+
+    for name in ("libstdc++.so.6", ctypes.util.find_library("stdc++")):
+        if name:
+            try:
+                ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+                break
+            except OSError:
+                continue
+    from usearch.index import Index
+
+    return Index
+
+
 def write_chunks(target: Path, chunks: Sequence[Chunk]) -> None:
     """Write the chunk table and its FTS5 index (ids 1..n in order), atomically."""
     with atomic_path(target) as temp:
@@ -50,8 +74,8 @@ def write_chunks(target: Path, chunks: Sequence[Chunk]) -> None:
 def write_vectors(target: Path, vectors, search: Search) -> None:
     """Build the HNSW index of `vectors` (row i is chunk i + 1) and save it atomically."""
     import numpy as np
-    from usearch.index import Index
 
+    Index = usearch_index()
     index = Index(ndim=int(vectors.shape[1]), metric="cos", dtype=VECTOR_DTYPE,
                   connectivity=search.connectivity, expansion_add=search.expansion_add,
                   expansion_search=search.expansion_search)
@@ -72,8 +96,7 @@ class IndexReader:
     """An opened index: lexical and dense rankings, and chunks by id."""
 
     def __init__(self, files: IndexFiles, dims: int, expansion_search: int):
-        from usearch.index import Index
-
+        Index = usearch_index()
         self.db = sqlite3.connect(f"file:{files.chunks}?mode=ro", uri=True, check_same_thread=False)
         self.vectors = Index.restore(str(files.vectors), view=True)
         if self.vectors is None or (len(self.vectors) and self.vectors.ndim != dims):

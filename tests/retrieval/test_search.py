@@ -37,9 +37,9 @@ def test_hnsw_finds_what_exact_search_finds(tmp_path):
     files = IndexFiles(tmp_path)
     write_vectors(files.vectors, vectors, Search("hybrid", 50, 60, 1, 1, 16, 128, 64))
     files.chunks.write_bytes(b"")  # not read here
-    from usearch.index import Index
+    from afs_build.retrieval.store import usearch_index
 
-    index = Index.restore(str(files.vectors), view=True)
+    index = usearch_index().restore(str(files.vectors), view=True)
     queries = vectors[:50] + rng.normal(scale=0.3, size=(50, 32)).astype(np.float32)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 1
     found = index.search(queries, 10).keys
@@ -76,3 +76,29 @@ def test_an_index_of_other_dimensions_is_refused(tmp_path):
     build(manifest, "code", "index:code")
     with pytest.raises(ValueError, match="not an index of 64-dimensional vectors"):
         IndexReader(Layout.of(manifest).index("code"), 64, 64)
+
+
+def test_llama_cpp_still_loads_models_after_an_index_is_opened():
+    """usearch's static libstdc++ once broke every later llama.cpp model load in the process
+    (std::bad_cast): doit runs index, quantize and compare tasks in one process."""
+    import subprocess
+    import sys
+
+    from afs_build.training.base import locate_embedded
+
+    # The default base's vocabulary (SmolLM2's pre-tokenizer) is what hit it; the tiny test
+    # model's did not.
+    gguf = locate_embedded("smollm2-135m-instruct")
+    # usearch first, before anything loads the shared libstdc++ (numpy does): the bad order.
+    script = (
+        "from afs_build.retrieval.store import usearch_index\n"
+        "Index = usearch_index()\n"
+        "import numpy as np\n"
+        "index = Index(ndim=4)\n"
+        "index.add(np.arange(4), np.eye(4, dtype=np.float32))\n"
+        "index.search(np.eye(4, dtype=np.float32)[0], 2)\n"
+        "from llama_cpp import Llama\n"
+        f"print(len(Llama(model_path={str(gguf)!r}, vocab_only=True, verbose=False).tokenize(b'hello')))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.strip()) > 0
