@@ -73,12 +73,12 @@ def embed_chunks(manifest: Manifest, index: RetrievalIndex, chunks: list[Chunk],
         missing = [k for k in unique if k not in found]
         dims: Optional[int] = len(next(iter(found.values()))) if found else None
         if missing or dims is None:
-            started = time.perf_counter()
             embedder = load_embedder(manifest, settings)
             dims = embedder.dims
             if missing:
                 text_of = {k: c.embed_text for k, c in zip(keys, chunks)}
                 with log.step(task, f"embedding {len(missing)} new chunks", index=index.name) as extra:
+                    started = time.perf_counter()
                     vectors = embedder.embed([settings.document_prefix + text_of[k] for k in missing],
                                              settings.batch_size)
                     cache.put(missing, vectors)
