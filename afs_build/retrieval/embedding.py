@@ -130,7 +130,8 @@ def _model_max(folder: Path, fallback: int) -> int:
 
 
 class LlamaEmbedder:
-    """A GGUF embedding model in llama.cpp (its own pooling), normalized."""
+    """A GGUF embedding model in llama.cpp, with the pooling its file names (mean pooling when
+    it names none, as for a chat model's GGUF), normalized."""
 
     def __init__(self, gguf: Path, *, max_tokens: int, threads: Optional[int] = None):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -147,7 +148,11 @@ class LlamaEmbedder:
         rows = []
         for text in texts:
             tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=True)[:self.max_tokens]
-            rows.append(self.llm.embed(self.llm.detokenize(tokens).decode("utf-8", "replace"), normalize=True))
+            out = np.asarray(self.llm.embed(self.llm.detokenize(tokens).decode("utf-8", "replace")),
+                             dtype=np.float32)
+            if out.ndim == 2:  # no pooling in the file: one row per token
+                out = out.mean(axis=0)
+            rows.append(out / max(float(np.linalg.norm(out)), 1e-12))
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dims)
 
 
