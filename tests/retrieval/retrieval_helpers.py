@@ -3,7 +3,7 @@
 The tiny BERT (2 layers, 32 wide, a WordPiece vocabulary trained here) loads with
 transformers exactly as a sentence-transformers folder does, in well under a second; its
 embeddings carry no meaning, so tests of what dense search *finds* use the real
-all-MiniLM-L6-v2 (tests/retrieval/test_minilm.py) and these test the plumbing.
+all-MiniLM-L6-v2 (tests/retrieval/test_retrieval_minilm.py) and these test the plumbing.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_modes_rank_by_bm25_by_vectors_or_both(tmp_path):
     lexical = retriever.search("DedupIndex add sample", 3, "lexical")
     assert lexical[0].chunk.symbol == "DedupIndex.add" or lexical[0].chunk.symbol == "DedupIndex"
     assert all(h.dense is None for h in lexical)
-    # The tiny BERT's vectors mean nothing (test_minilm.py checks what dense search finds):
+    # The tiny BERT's vectors mean nothing (test_retrieval_minilm.py checks what dense search finds):
     # here, every chunk is ranked, by cosine similarity, best first.
     dense = retriever.search("write_json", 10, "dense")
     assert len(dense) == 7 and all(h.lexical is None for h in dense)
