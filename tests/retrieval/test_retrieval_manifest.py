@@ -91,6 +91,6 @@ def test_the_default_manifest_indexes_the_codebase_and_facts_for_majora_and_hyli
     assert index.questions == "data/eval/retrieval.jsonl"
     assert manifest.specialists["majora"].retrieval.index == "afs"
     hylia = manifest.specialists["hylia"].retrieval
-    assert hylia.index == "afs" and hylia.train_context
+    assert hylia.index == "afs" and not hylia.train_context and not hylia.cite
     assert [n for n, s in manifest.specialists.items() if s.retrieval] == ["majora", "hylia"]
     yaml.safe_load((REPO / "afs.yaml").read_text())
