@@ -75,11 +75,17 @@ def vocabulary(rng):
 
 def synthetic_chunks(n, rng, words, weights):
     """`n` function-shaped chunks whose docstrings are Zipf-distributed words."""
+    import numpy as np
+
     from afs_build.retrieval.chunking import Chunk
 
-    out = []
-    for i in range(n):
-        picked = list(rng.choice(words, size=int(rng.integers(20, 80)), p=weights))
+    lengths = rng.integers(20, 80, size=n)
+    drawn = np.searchsorted(np.cumsum(weights), rng.random(int(lengths.sum())))
+    drawn = np.minimum(drawn, len(words) - 1)
+    out, at = [], 0
+    for i, size in enumerate(lengths):
+        picked = [words[j] for j in drawn[at:at + size]]
+        at += size
         name = f"{picked[0]}_{picked[1]}_{i}"
         text = f"def {name}(value):\n    \"\"\"{' '.join(picked)}.\"\"\"\n    return value\n"
         out.append(Chunk("synthetic", f"pkg/module_{i // 50}.py", 1 + 5 * (i % 50), 4 + 5 * (i % 50),
