@@ -25,7 +25,10 @@ def eval_slice(manifest: Manifest, name: str) -> dict:
     from ..deploy.server import served_kind
 
     spec = manifest.specialists[name]
-    return {"eval": manifest.eval, "system_prompt": spec.system_prompt, "served": served_kind(spec)}
+    # A retrieving specialist's replies also depend on its retrieval settings (only then in the
+    # slice, so the others' slices are what they were).
+    return {"eval": manifest.eval, "system_prompt": spec.system_prompt, "served": served_kind(spec),
+            **({"retrieval": spec.retrieval} if spec.retrieval else {})}
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
@@ -43,7 +46,8 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
             "doc": f"Ask {spec.title} the benchmark suite on its server and grade the replies.",
             "actions": [(run, [manifest, spec.name])],
             # the quantize reports are written last: they change when a served file does
-            "file_dep": [suite] + [str(layout.post(n).quantize_report) for n in served],
+            "file_dep": [suite] + [str(layout.post(n).quantize_report) for n in served]
+            + ([str(layout.index(spec.retrieval.index).report)] if spec.retrieval else []),
             "task_dep": [f"deploy:{n}" for n in served],
             "targets": [str(files.results), str(files.summary)]
             + ([str(files.without_retrieval), str(files.retrieval_effect)] if spec.retrieval else []),
