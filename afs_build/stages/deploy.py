@@ -18,8 +18,11 @@ def deploy_slice(manifest: Manifest, name: str) -> dict:
     """What deploying reads: serving settings of the specialist and the deploy section."""
     spec = manifest.specialists[name]
     keep = ("role", "version", "description", "system_prompt", "port", "context_length",
-            "sampling", "serve_quant", "quantize", "retrieval")
-    return {"specialist": {k: getattr(spec, k) for k in keep}, "deploy": manifest.deploy}
+            "sampling", "serve_quant", "quantize")
+    served = {k: getattr(spec, k) for k in keep}
+    if spec.retrieval is not None:  # only then: the others' slices stay what they were
+        served["retrieval"] = spec.retrieval
+    return {"specialist": served, "deploy": manifest.deploy}
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:

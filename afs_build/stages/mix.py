@@ -22,6 +22,7 @@ def slices(manifest: Manifest, specialist: str) -> list:
     """The manifest slices a specialist's mix reads."""
 
     spec = manifest.specialists[specialist]
+    # Always present (None when off), so that turning train_context off mixes again.
     context = spec.retrieval if spec.retrieval and spec.retrieval.train_context else None
     return [
         SliceChanged(f"specialists.{specialist}.retrieval (training context)", context),
