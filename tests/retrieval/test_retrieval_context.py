@@ -87,3 +87,14 @@ def test_the_mix_of_a_train_context_specialist_carries_the_context(tmp_path):
     assert samples and all(s["messages"][0]["content"].startswith("Context:\n[1] ") for s in samples)
     assert all(s["messages"][0]["content"].endswith("Question: What is 2 plus 2?") for s in samples)
     assert json.loads((folder / "context.json").read_text())["with_context"] == len(samples)
+
+    from afs_build import plan
+
+    def planned(**retrieval):
+        manifest = write_project(tmp_path, specialists={"hylia": {
+            "role": "R", "base": "tiny", "mix": "general", "hardware": "cpu", "port": 6112,
+            "retrieval": {"index": "code", "top_k": 1, **retrieval}}})
+        return {t.name for t in plan.task_plans(manifest) if t.runs and t.name.startswith(("mix:", "index:"))}
+
+    assert planned(train_context=True) == set()  # as built
+    assert planned(train_context=False) == {"mix:hylia"}  # turning it off mixes again
