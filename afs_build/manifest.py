@@ -218,7 +218,7 @@ class Specialist:
 class Quality:
     threshold: float
     weights: FrozenMap
-    workers: Any  # a number of scoring processes, or "auto"
+    workers: typing.Union[int, str]  # a number of scoring processes, or "auto"
 
 
 @dataclass(frozen=True)

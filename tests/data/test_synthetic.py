@@ -22,7 +22,7 @@ from afs_build.data.synthetic import (
 
 REPO = Path(__file__).resolve().parents[2]
 VALIDATOR = jsonschema.Draft202012Validator(json.loads((REPO / "specs/sample.schema.json").read_text()))
-SHIPPED = {"snes-hardware": 255, "asm-65816": 230, "optimization": 180, "debugging": 197}
+SHIPPED = {"snes-hardware": 576, "asm-65816": 420, "optimization": 480, "debugging": 324}
 
 FACTS = """\
 - topic: ppu
@@ -193,7 +193,10 @@ def test_shipped_fact_files_render_and_validate(name: str):
     templates_of_fact: dict[int, set] = {}
     for sample in samples:
         templates_of_fact.setdefault(sample["provenance"]["line"], set()).add(sample["metadata"]["template"])
-    assert all(len(names) == 1 for names in templates_of_fact.values())  # `when` fields do not overlap
+    # `when` fields do not overlap, but for the optimization patterns, asked both by what they
+    # do (optimization-pattern) and by the problem they solve (optimization-problem)
+    per_fact = 2 if name == "optimization" else 1
+    assert all(len(names) == per_fact for names in templates_of_fact.values()), templates_of_fact
     for sample in samples:
         VALIDATOR.validate(sample)
         assert sample["messages"][-1]["content"].strip() and "{{" not in sample["messages"][-1]["content"]

@@ -123,3 +123,16 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def log_text(path: Path, needle: str, count: int = 1, timeout: float = 15.0) -> str:
+    """`path`'s text once `needle` appears `count` times in it (the server's output reaches
+    server.log through a pump thread), or as it is after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if text.count(needle) >= count or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
