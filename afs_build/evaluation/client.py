@@ -180,7 +180,7 @@ def _once(url: urllib.parse.SplitResult, payload: bytes, headers: dict, timeout:
                 for choice in event.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content")
                     finish = choice.get("finish_reason") or finish
-                    if text:
+                    if text is not None:  # a token, even one that decodes to no text
                         if ttft is None:
                             ttft = time.perf_counter() - started
                         parts.append(text)
