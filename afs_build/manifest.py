@@ -271,6 +271,7 @@ class Eval:
     seed: int
     judge_questions: int
     pairwise_questions: Optional[int]
+    judge_grammar: bool
     judge_max_tokens: int
     feedback_min_judges: int
     concurrency: int

@@ -38,6 +38,9 @@ VERDICT_SYSTEM = ("You check answers against a reference answer. Reply with exac
 PAIRWISE_SYSTEM = ("You compare two answers to the same question against a reference answer. Reply "
                    "with exactly one line: WINNER: A if answer A is better, WINNER: B if answer B is "
                    "better, or WINNER: TIE. Write nothing before it.")
+# For afs's own servers (eval.judge_grammar): the verdict line is all a judge may write.
+VERDICT_GRAMMAR = 'root ::= "VERDICT: " ("CORRECT" | "WRONG")'
+PAIRWISE_GRAMMAR = 'root ::= "WINNER: " ("A" | "B" | "TIE")'
 MAX_ANSWER_CHARS = 1500  # what a judge is shown of an answer: small judges have small contexts
 
 

@@ -189,4 +189,4 @@ def _verdict(out_path: Path, nonce: str, code: int) -> tuple[float, str]:
 
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         return 0.0, f"the code was killed ({name}: a CPU, memory or file-size limit)"
-    return 0.0, f"the code ended the test run itself (exit {code}): {tail.strip()[-200:]}"
+    return 0.0, f"the code ended the test run itself (exit {code}): {tail.strip()[-120:]}"

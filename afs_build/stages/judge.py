@@ -29,7 +29,7 @@ CODE = ("stages/judge.py", "evaluation/judging.py", "evaluation/client.py", "eva
 def judge_slice(manifest: Manifest) -> dict:
     e = manifest.eval
     return {"judges": e.judges, "judge_questions": e.judge_questions, "pairwise_questions": e.pairwise_questions,
-            "judge_max_tokens": e.judge_max_tokens, "feedback_min_judges": e.feedback_min_judges, "seed": e.seed,
+            "judge_max_tokens": e.judge_max_tokens, "judge_grammar": e.judge_grammar, "feedback_min_judges": e.feedback_min_judges, "seed": e.seed,
             "endpoints": {j: e.endpoints[j] for j in e.judges if j in e.endpoints}}
 
 
@@ -82,14 +82,17 @@ def run(manifest: Manifest, name: str) -> None:
     items = []
     for model in manifest.specialists:
         items += choose(list(read_jsonl(layout.eval(model).results)), by_id, e.judge_questions, e.seed)
-    verdict_sampling = sampling(e.judge_max_tokens)
+    def settings(judge: str, grammar: str) -> dict:
+        constrained = e.judge_grammar and judge in manifest.specialists  # llama.cpp reads GBNF
+        return {**sampling(e.judge_max_tokens), **({"grammar": grammar} if constrained else {})}
+
     requests, meta = [], []
     for item in items:
         for judge in e.judges:
             if judge != item["specialist"]:
                 q = by_id[item["question_id"]]
                 requests.append(Request(endpoints[judge], tuple(judging.verdict_messages(q, item["reply"])),
-                                        verdict_sampling))
+                                        settings(judge, judging.VERDICT_GRAMMAR)))
                 meta.append(("verdict", judge, item))
     for pair in pairs(manifest, layout, by_id):
         for judge in e.judges:
@@ -98,7 +101,7 @@ def run(manifest: Manifest, name: str) -> None:
             q = by_id[pair["question_id"]]
             for first, second in ((pair["mine"], pair["base"]), (pair["base"], pair["mine"])):
                 requests.append(Request(endpoints[judge], tuple(judging.pairwise_messages(q, first, second)),
-                                        verdict_sampling))
+                                        settings(judge, judging.PAIRWISE_GRAMMAR)))
             meta += [("pair", judge, pair), ("pair2", judge, pair)]
     cache = response_cache(manifest)
     with log.step(task_name, f"asking {len(e.judges)} judges {len(requests)} verdicts") as extra, \
