@@ -11,6 +11,15 @@ $PIP --upgrade pip
 $PIP torch==2.13.0
 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP -e ".[test]"
 
+# Headless Chromium (Debian's package) draws the replies meant to be seen (screenshots:family)
+# and the reports' PNG charts, in the fonts the pages name; installed only when missing.
+if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -q "DejaVu Sans Mono"; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core
+fi
+
 # llama.cpp's reference converter, which tests compare afs's converter with (tests/reference.py):
 # convert_hf_to_gguf.py needs its conversion/ and gguf-py/ folders and ships only in the
 # llama-cpp-python source distribution. Fetched here with pip (tests never download), for the

@@ -205,7 +205,7 @@ def pairwise_summary(rows: Sequence[dict], weights: dict[str, float]) -> dict:
             stats = per_judge[row["judge"]]
             outcome = row["outcome"]
             stats["pairs"] += 1
-            stats[outcome or "unparsed"] += 1
+            stats["failed" if row.get("error") else outcome or "unparsed"] += 1
             stats["said_a"] += sum(1 for w in (row["first"], row["second"]) if w == "A")
             stats["parsed"] += sum(1 for w in (row["first"], row["second"]) if w is not None)
             w = weights.get(row["judge"], 0.0)
@@ -218,8 +218,9 @@ def pairwise_summary(rows: Sequence[dict], weights: dict[str, float]) -> dict:
     wins, losses = judged.count("win"), judged.count("loss")
     judges = {}
     for judge, s in sorted(per_judge.items()):
-        both = s["pairs"] - s["unparsed"]
-        judges[judge] = {"pairs": s["pairs"], "unparsed": s["unparsed"], "win": s["win"], "loss": s["loss"],
+        both = s["pairs"] - s["unparsed"] - s["failed"]
+        judges[judge] = {"pairs": s["pairs"], "failed_requests": s["failed"], "unparsed": s["unparsed"],
+                         "win": s["win"], "loss": s["loss"],
                          "tie": s["tie"], "inconsistent": s["inconsistent"],
                          "position_consistency": round((both - s["inconsistent"]) / both, 4) if both else None,
                          "first_position_rate": round(s["said_a"] / s["parsed"], 4) if s["parsed"] else None,
