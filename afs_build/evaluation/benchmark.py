@@ -78,15 +78,21 @@ def result(endpoint: Endpoint, question: dict, answer: Completion, *, run_id: st
         "cached": answer.cached, "latency_s": latency, "ttft_s": answer.ttft_s, "completion_tokens": tokens,
         "tokens_per_second": round(tokens / latency, 2) if tokens and latency else None,
         "time": now(),
+        **({"retrieved": list(answer.retrieved)} if answer.retrieved else {}),
     }
 
 
 def run(endpoint: Endpoint, questions: Sequence[dict], *, system_prompt: str, run_id: str,
         model_file: Optional[str] = None, quant: Optional[str] = None,
-        cache: Optional[ResponseCache] = None, advance: Callable[[], None] = lambda: None) -> list[dict]:
-    """Every question asked and graded: one result (specs/result.schema.json) per question."""
-    requests = [Request(endpoint, tuple(messages_for(q, system_prompt)), sampling(q["max_tokens"]))
-                for q in questions]
+        cache: Optional[ResponseCache] = None, advance: Callable[[], None] = lambda: None,
+        extra: Optional[dict] = None) -> list[dict]:
+    """Every question asked and graded: one result (specs/result.schema.json) per question.
+
+    `extra` goes into each request body (``{"retrieval": False}`` turns a retrieving
+    specialist's retrieval off) and into the cache key, so both ways are cached apart.
+    """
+    requests = [Request(endpoint, tuple(messages_for(q, system_prompt)), sampling(q["max_tokens"]),
+                        dict(extra or {})) for q in questions]
     answers = ask_all(requests, cache, advance)
     return [result(endpoint, q, a, run_id=run_id, model_file=model_file, quant=quant)
             for q, a in zip(questions, answers)]

@@ -22,9 +22,13 @@ from .client import Completion
 VERSION = 1  # bump when what a cached reply holds changes
 
 
-def key(digest: str, messages: list[dict], sampling: dict) -> str:
-    text = json.dumps({"v": VERSION, "model": digest, "messages": messages, "sampling": sampling},
-                      sort_keys=True, ensure_ascii=False)
+def key(digest: str, messages: list[dict], sampling: dict, extra: Optional[dict] = None) -> str:
+    """The cache key; `extra` (more request body fields, such as ``{"retrieval": False}``)
+    counts only when given, so keys of plain requests stay what they were."""
+    fields = {"v": VERSION, "model": digest, "messages": messages, "sampling": sampling}
+    if extra:
+        fields["extra"] = extra
+    text = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -35,14 +39,16 @@ class ResponseCache:
         self.folder = Path(folder) if folder else None
         self.hits = self.misses = 0
 
-    def _path(self, digest: Optional[str], messages: list[dict], sampling: dict) -> Optional[Path]:
+    def _path(self, digest: Optional[str], messages: list[dict], sampling: dict,
+              extra: Optional[dict]) -> Optional[Path]:
         if self.folder is None or not digest:
             return None
-        k = key(digest, messages, sampling)
+        k = key(digest, messages, sampling, extra)
         return self.folder / k[:2] / f"{k}.json"
 
-    def get(self, digest: Optional[str], messages: list[dict], sampling: dict) -> Optional[Completion]:
-        path = self._path(digest, messages, sampling)
+    def get(self, digest: Optional[str], messages: list[dict], sampling: dict,
+            extra: Optional[dict] = None) -> Optional[Completion]:
+        path = self._path(digest, messages, sampling, extra)
         if path is None:
             return None
         try:
@@ -53,10 +59,11 @@ class ResponseCache:
         self.hits += 1
         return Completion(reply=data["reply"], latency_s=data.get("latency_s"), ttft_s=data.get("ttft_s"),
                           completion_tokens=data.get("completion_tokens"), attempts=0, cached=True,
-                          finish_reason=data.get("finish_reason"))
+                          finish_reason=data.get("finish_reason"), retrieved=data.get("retrieved"))
 
-    def put(self, digest: Optional[str], messages: list[dict], sampling: dict, completion: Completion) -> None:
-        path = self._path(digest, messages, sampling)
+    def put(self, digest: Optional[str], messages: list[dict], sampling: dict, completion: Completion,
+            extra: Optional[dict] = None) -> None:
+        path = self._path(digest, messages, sampling, extra)
         if path is None or not completion.ok:
             return
         write_json(path, completion.to_json())

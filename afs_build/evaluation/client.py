@@ -26,6 +26,9 @@ from typing import Optional
 RETRY_STATUS = (408, 425, 429, 500, 502, 503, 504)
 BACKOFF_S = 0.5  # the first pause; doubled each try, at most BACKOFF_MAX_S
 BACKOFF_MAX_S = 8.0
+# What a retrieving afs server retrieved for a streamed reply (JSON: index and chunks), since a
+# stream has no place for it; a plain JSON reply carries it as its "retrieval" field.
+RETRIEVAL_HEADER = "X-AFS-Retrieval"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Completion:
     error: Optional[str] = None
     cached: bool = False
     finish_reason: Optional[str] = None
+    retrieved: Optional[list] = None  # chunk ids ("file:start-end") a retrieving server put in
 
     @property
     def ok(self) -> bool:
@@ -74,7 +78,8 @@ class Completion:
 
     def to_json(self) -> dict:
         return {"reply": self.reply, "latency_s": self.latency_s, "ttft_s": self.ttft_s,
-                "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
+                "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason,
+                **({"retrieved": self.retrieved} if self.retrieved else {})}
 
 
 class _Failure(Exception):
@@ -107,15 +112,26 @@ def _drop(url: urllib.parse.SplitResult) -> None:
         conn.close()
 
 
-def body(endpoint: Endpoint, messages: list[dict], sampling: dict) -> dict:
-    """The request body: the model, the messages, streaming with usage, the sampling settings."""
+def body(endpoint: Endpoint, messages: list[dict], sampling: dict, extra: Optional[dict] = None) -> dict:
+    """The request body: the model, the messages, streaming with usage, the sampling settings
+    and `extra` fields (``{"retrieval": False}`` turns an afs server's retrieval off)."""
     return {"model": endpoint.sent_model, "messages": messages, "stream": True,
-            "stream_options": {"include_usage": True}, **sampling}
+            "stream_options": {"include_usage": True}, **sampling, **(extra or {})}
 
 
-def stream_chat(endpoint: Endpoint, messages: list[dict], sampling: dict) -> Completion:
+def retrieved_ids(retrieval) -> Optional[list]:
+    """``file:start-end`` of each chunk in a reply's ``retrieval`` object (None when absent)."""
+    chunks = retrieval.get("chunks") if isinstance(retrieval, dict) else None
+    if not chunks:
+        return None
+    return [f"{c['file']}:{c['start_line']}-{c['end_line']}" for c in chunks
+            if isinstance(c, dict) and {"file", "start_line", "end_line"} <= c.keys()] or None
+
+
+def stream_chat(endpoint: Endpoint, messages: list[dict], sampling: dict,
+                extra: Optional[dict] = None) -> Completion:
     """Ask once (retrying what may pass on another try); a Completion, failed or not."""
-    payload = json.dumps(body(endpoint, messages, sampling)).encode()
+    payload = json.dumps(body(endpoint, messages, sampling, extra)).encode()
     url = urllib.parse.urlsplit(endpoint.url)
     if url.scheme not in ("http", "https") or not url.netloc:
         return Completion(error=f"not an http(s) URL: {endpoint.url}", attempts=0)
@@ -157,12 +173,20 @@ def _once(url: urllib.parse.SplitResult, payload: bytes, headers: dict, timeout:
     ttft = usage = finish = None
     chunks = 0
     kind = response.getheader("Content-Type", "")
+    retrieval = None
+    header = response.getheader(RETRIEVAL_HEADER)  # afs's retrieving servers, when streaming
+    if header:
+        try:
+            retrieval = json.loads(header)
+        except ValueError:
+            retrieval = None
     try:
         if "text/event-stream" not in kind:  # a server that ignores "stream": one JSON body
             data = json.loads(response.read())
             ttft = time.perf_counter() - started
             parts.append(((data.get("choices") or [{}])[0].get("message") or {}).get("content") or "")
             usage = data.get("usage")
+            retrieval = data.get("retrieval") or retrieval
             finish = (data.get("choices") or [{}])[0].get("finish_reason")
         else:
             for raw in response:
@@ -197,4 +221,4 @@ def _once(url: urllib.parse.SplitResult, payload: bytes, headers: dict, timeout:
     return Completion(reply="".join(parts), latency_s=round(latency, 4),
                       ttft_s=round(ttft if ttft is not None else latency, 4),
                       completion_tokens=tokens if isinstance(tokens, int) else chunks,
-                      finish_reason=finish)
+                      finish_reason=finish, retrieved=retrieved_ids(retrieval))

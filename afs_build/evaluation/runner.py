@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from .cache import ResponseCache
@@ -22,6 +22,7 @@ class Request:
     endpoint: Endpoint
     messages: tuple  # of dicts; a tuple so requests can be dict keys in tests
     sampling: dict
+    extra: dict = field(default_factory=dict)  # more request body fields, e.g. {"retrieval": False}
 
 
 def sampling(max_tokens: int, *, temperature: float = 0.0, seed: int = 0) -> dict:
@@ -37,7 +38,7 @@ def ask_all(requests: Sequence[Request], cache: Optional[ResponseCache] = None,
     pending: dict[Endpoint, list[int]] = {}
     for i, request in enumerate(requests):
         messages = list(request.messages)
-        hit = cache.get(request.endpoint.digest, messages, request.sampling)
+        hit = cache.get(request.endpoint.digest, messages, request.sampling, request.extra)
         if hit is not None:
             out[i] = hit
             advance()
@@ -48,8 +49,8 @@ def ask_all(requests: Sequence[Request], cache: Optional[ResponseCache] = None,
     def one(i: int) -> None:
         request = requests[i]
         messages = list(request.messages)
-        completion = stream_chat(request.endpoint, messages, request.sampling)
-        cache.put(request.endpoint.digest, messages, request.sampling, completion)
+        completion = stream_chat(request.endpoint, messages, request.sampling, request.extra)
+        cache.put(request.endpoint.digest, messages, request.sampling, completion, request.extra)
         out[i] = completion
         with lock:
             advance()

@@ -3,7 +3,9 @@
 Replies come from the response cache where the same served file was asked the same question
 before (keyed by the file's digest, the messages and the sampling), so a rebuild that changes
 nothing an answer depends on asks nothing again. Questions graded by judges are left to
-``judge:family``.
+``judge:family``. A specialist that retrieves is asked twice, with retrieval and with it turned
+off (cached apart), and the difference per category is kept beside its results. Each index with questions gets its
+retrieval quality measured (eval:index:<name>).
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ def eval_slice(manifest: Manifest, name: str) -> dict:
 
     spec = manifest.specialists[name]
     e = manifest.eval
+    # A retrieving specialist's replies also depend on its retrieval settings (only then in the
+    # slice, so the others' slices are what they were).
     return {"suite": e.suite, "max_questions": e.max_questions, "thresholds": e.thresholds,
-            "system_prompt": spec.system_prompt, "served": served_kind(spec)}
+            "system_prompt": spec.system_prompt, "served": served_kind(spec),
+            **({"retrieval": spec.retrieval} if spec.retrieval else {})}
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
+    yield from index_tasks(manifest)
     if not manifest.eval.suite:  # no benchmark to ask
         return
     layout = Layout.of(manifest)
@@ -44,8 +50,11 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         # the quantize report is written last: it changes when the served file does
         yield task(f"{NAME}:{spec.name}", f"Ask {spec.title} the benchmark suite on its server and grade the replies.",
                    run, manifest, spec.name,
-                   file_dep=[suite, layout.post(spec.name).quantize_report, *code_files(*CODE)],
-                   task_dep=[f"deploy:{spec.name}"], targets=[files.results, files.summary],
+                   file_dep=[suite, layout.post(spec.name).quantize_report, *code_files(*CODE)]
+                   + ([layout.index(spec.retrieval.index).report] if spec.retrieval else []),
+                   task_dep=[f"deploy:{spec.name}"],
+                   targets=[files.results, files.summary]
+                   + ([files.without_retrieval, files.retrieval_effect] if spec.retrieval else []),
                    uptodate=[SliceChanged(f"eval ({spec.name})", eval_slice(manifest, spec.name))])
 
 
@@ -85,6 +94,17 @@ def run(manifest: Manifest, name: str) -> None:
         extra.update(mean_score=summary["mean_score"], tokens_per_second=summary["tokens_per_second"],
                      cached=cache.hits, failed=summary["failed_requests"])
     files.folder.mkdir(parents=True, exist_ok=True)
+    if spec.retrieval is not None:  # the same questions without retrieval, for the difference
+        from ..retrieval.effect import effect
+
+        with log.step(task_name, "asking again without retrieval", specialist=name), \
+                log.progress(task_name, len(mine)) as advance:
+            plain = benchmark.run(endpoint, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
+                                  model_file=gguf.relative_to(layout.build).as_posix(),
+                                  quant=served_kind(spec), cache=cache, advance=advance,
+                                  extra={"retrieval": False})
+        write_jsonl(files.without_retrieval, plain)
+        write_json(files.retrieval_effect, effect(manifest, name, questions, results, plain))
     write_jsonl(files.results, results)
     write_json(files.summary, summary)
     if summary["failed_requests"]:
@@ -93,3 +113,30 @@ def run(manifest: Manifest, name: str) -> None:
     if summary["failures"]:
         raise StageError(f"{spec.title} does not meet the pass marks: {'; '.join(summary['failures'])} "
                          f"(replies in {files.results})")
+
+
+def index_tasks(manifest: Manifest) -> Iterator[dict]:
+    """eval:index:<name>: recall@k and MRR of each index on its questions."""
+    layout = Layout.of(manifest)
+    for name, index in manifest.retrieval.indexes.items():
+        if not index.questions:
+            continue
+        files = layout.index(name)
+        yield task(f"{NAME}:index:{name}", f"Measure recall@k and MRR of index {name} on {index.questions}.",
+                   run_index, manifest, name,
+                   file_dep=[manifest.resolve(index.questions), files.report]
+                   + code_files("retrieval/quality.py", "retrieval/search.py", "retrieval/fusion.py"),
+                   task_dep=[f"index:{name}"], targets=[files.quality],
+                   uptodate=[SliceChanged(f"retrieval.indexes.{name}.search", index.search)])
+
+
+@action(NAME)
+def run_index(manifest: Manifest, name: str) -> None:
+    from ..retrieval.quality import measure
+
+    report = measure(manifest, name)
+    for mode, row in report["modes"].items():
+        o = row["overall"]
+        log.event(f"index {name}, {mode}: recall@1 {o['recall@1']:.2f}, @5 {o['recall@5']:.2f}, "
+                  f"@10 {o['recall@10']:.2f}, MRR {o['mrr']:.2f} ({o['questions']} questions)",
+                  task=f"{NAME}:index:{name}")
