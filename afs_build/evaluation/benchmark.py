@@ -149,7 +149,10 @@ def summarize(name: str, results: Sequence[dict], min_score: float = 0.0,
     if min_score and (mean is None or mean < min_score):
         failures.append(f"mean score {mean or 0:.3f} is below eval.thresholds.min_score {min_score:g}")
     rate = measured["tokens_per_second"]
-    if min_tokens_per_second and (rate or 0.0) < min_tokens_per_second:
+    if min_tokens_per_second and rate is None:
+        failures.append(f"no tokens were generated, so the speed against "
+                        f"eval.thresholds.min_tokens_per_second {min_tokens_per_second:g} is unknown")
+    elif min_tokens_per_second and rate < min_tokens_per_second:
         failures.append(f"generation speed {rate or 0:.1f} tokens/s is below "
                         f"eval.thresholds.min_tokens_per_second {min_tokens_per_second:g}")
     failed = [r for r in results if r.get("error")]

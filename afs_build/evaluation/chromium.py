@@ -34,7 +34,10 @@ TIMEOUT_S = 60.0
 
 
 def find() -> Optional[str]:
-    """The Chromium binary: /usr/bin/chromium (Debian's package), else one on PATH."""
+    """The Chromium binary: $AFS_CHROMIUM, /usr/bin/chromium (Debian's package), else one on PATH."""
+    named = os.environ.get("AFS_CHROMIUM")
+    if named:
+        return named if os.access(named, os.X_OK) else None
     if os.access(CHROMIUM, os.X_OK):
         return CHROMIUM
     return shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,8 +50,11 @@ class Browser:
         self.width, self.height = width, height
         self.binary = binary or find()
         if self.binary is None:
-            raise StageError("Chromium is not installed; screenshots and PNG charts need it: "
-                             "apt-get install -y chromium (scripts/setup.sh does)")
+            named = os.environ.get("AFS_CHROMIUM")
+            raise StageError(f"AFS_CHROMIUM names {named}, which is not an executable file" if named else
+                             "Chromium is not installed; screenshots and PNG charts need it: "
+                             "apt-get install -y chromium fonts-dejavu-core (scripts/setup.sh does), or "
+                             "export AFS_CHROMIUM=/path/to/chromium")
         self._id = 0
         self._buffer = b""
 

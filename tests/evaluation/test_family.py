@@ -111,6 +111,8 @@ def test_a_family_is_evaluated_judged_drawn_and_reported(project, minimal):
         assert [r["reply"] for r in again] == [r["reply"] for r in results["plain"]]
 
         # without the grammar the tiny models write no verdict: counted as unparsed, never a score
+        # (the pass mark goes again: a random tiny model may answer with no token at all)
+        del minimal["eval"]["thresholds"]
         minimal["eval"]["judge_grammar"] = False
         project.write(minimal, files)
         doit(project.root, "judge:family")

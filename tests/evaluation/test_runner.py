@@ -95,11 +95,13 @@ class Flaky(http.server.BaseHTTPRequestHandler):
     most = 0
     lock = threading.Lock()
     fail_first = 2
+    bodies: list = []
 
     def do_POST(self):  # noqa: N802
         cls = type(self)
-        self.rfile.read(int(self.headers["Content-Length"]))
+        sent = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with cls.lock:
+            cls.bodies.append(sent)
             cls.calls += 1
             call = cls.calls
             cls.in_flight += 1
@@ -132,6 +134,7 @@ class Flaky(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def flaky():
     Flaky.calls = Flaky.in_flight = Flaky.most = 0
+    Flaky.bodies = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -151,3 +154,24 @@ def test_retries_back_off_and_concurrency_is_bounded_per_endpoint(flaky):
     assert all(a.ok and a.reply == "42" for a in answers)
     assert Flaky.most == 3  # never more than the endpoint's concurrency in flight
     assert elapsed < 9 * 0.2 * 0.75  # and they did overlap
+
+
+def test_extra_body_fields_are_sent_and_cached_apart(flaky, tmp_path):
+    """``{"retrieval": False}`` reaches the server, and a reply asked without retrieval is never
+    served from the cache for the same question asked with it (nor the other way round)."""
+    Flaky.fail_first = 0
+    try:
+        cache = ResponseCache(tmp_path / "cache")
+        endpoint = Endpoint("hosted", flaky, digest="file-1")
+        messages = ({"role": "user", "content": "12 plus 30?"},)
+        plain = Request(endpoint, messages, sampling(8))
+        off = Request(endpoint, messages, sampling(8), {"retrieval": False})
+        first = ask_all([plain, off], cache)
+        assert [a.cached for a in first] == [False, False] and Flaky.calls == 2
+        assert "retrieval" not in Flaky.bodies[0] and Flaky.bodies[1]["retrieval"] is False
+        assert Flaky.bodies[1]["stream"] is True and Flaky.bodies[1]["max_tokens"] == 8
+        again = ask_all([off, plain], cache)
+        assert [a.cached for a in again] == [True, True] and Flaky.calls == 2
+        assert len(list((tmp_path / "cache").rglob("*.json"))) == 2
+    finally:
+        Flaky.fail_first = 2

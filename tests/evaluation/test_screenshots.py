@@ -98,3 +98,11 @@ def test_images_of_different_sizes_compare_on_one_canvas():
     stats, _ = images.compare(png(10, 10, "white"), png(10, 20, "black"))
     assert not stats["same_size"] and stats["height"] == 20 and stats["diff_ratio"] == 1.0
     assert images.compare(png(10, 10, "white"), png(10, 10, "white"))[0]["ssim"] == 1.0
+
+
+def test_a_chromium_named_but_missing_is_a_clear_error(monkeypatch):
+    from afs_build.errors import StageError
+
+    monkeypatch.setenv("AFS_CHROMIUM", "/nonexistent/chromium")
+    with pytest.raises(StageError, match="AFS_CHROMIUM names /nonexistent/chromium, which is not an executable"):
+        Browser(100, 100)
