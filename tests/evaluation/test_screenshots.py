@@ -106,3 +106,29 @@ def test_a_chromium_named_but_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("AFS_CHROMIUM", "/nonexistent/chromium")
     with pytest.raises(StageError, match="AFS_CHROMIUM names /nonexistent/chromium, which is not an executable"):
         Browser(100, 100)
+
+
+def test_thresholds_are_per_question_and_the_first_run_records_the_baseline(browser, tmp_path):
+    """compare_all on real drawings: a missing baseline is recorded; the same changed reply
+    differs under the manifest's thresholds and matches under a question's looser ones."""
+    from afs_build.manifest import Screenshots
+    from afs_build.paths import ScreenshotFiles
+    from afs_build.stages.screenshots import compare_all
+
+    settings = Screenshots(baselines="b", width=400, height=200, font="DejaVu Sans", mono_font="DejaVu Sans Mono",
+                           font_size=14, max_diff_ratio=0.001, min_ssim=0.999, require_match=False)
+    strict = {"id": "strict", "render": "markdown", "max_diff_ratio": None, "min_ssim": None}
+    loose = {"id": "loose", "render": "markdown", "max_diff_ratio": 0.5, "min_ssim": 0.5}
+    questions = {q["id"]: q for q in (strict, loose)}
+    files, baselines = ScreenshotFiles(tmp_path / "shots"), tmp_path / "baselines"
+    table = "| Register | Address |\n|---|---|\n| INIDISP | $2100 |"
+    rows = [{"question_id": qid, "reply": table} for qid in questions]
+    first = compare_all(browser, files, rows, questions, baselines, settings)
+    assert first["recorded"] == 2 and (baselines / "strict.png").read_bytes()[:4] == b"\x89PNG"
+    changed = [{**r, "reply": table.replace("2100", "4200")} for r in rows]
+    second = compare_all(browser, files, changed, questions, baselines, settings)
+    assert second["questions"]["strict"]["status"] == "differs" and second["questions"]["loose"]["status"] == "matches"
+    assert second["questions"]["strict"]["diff_ratio"] == second["questions"]["loose"]["diff_ratio"] > 0
+    for kind in ("baseline", "actual", "diff"):
+        assert files.image(kind, "strict").read_bytes()[:4] == b"\x89PNG"
+    assert "diff/strict.png" in files.page.read_text()
