@@ -53,6 +53,30 @@ def served_digest(report, file_name: str) -> Optional[str]:
         return None
 
 
+def with_retrieval(endpoint: Endpoint, report, settings) -> Endpoint:
+    """`endpoint` as the cache must see a retrieving server: its replies depend on the index's
+    content (the digests of the files indexed, the chunking and the embedding model, from its
+    report) and the specialist's retrieval settings, not only on the
+    served file (whose digest the results still name)."""
+    import dataclasses
+    import hashlib
+
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):  # no index to key by (doit builds it first): a key used once
+        import secrets
+
+        return dataclasses.replace(endpoint, context=f"retrieval:unread:{secrets.token_hex(8)}")
+    # the files' digests, not their sizes and times: a touched, unchanged file asks nothing again
+    stable = {"model": data.get("model"), "settings": data.get("settings"),
+              "inputs": {path: entry[-1] for path, entry in sorted((data.get("inputs") or {}).items())
+                         if isinstance(entry, list) and entry}}
+    text = json.dumps({"index": stable, "settings": dataclasses.asdict(settings)}, sort_keys=True, default=str)
+    return dataclasses.replace(endpoint, context=f"retrieval:{hashlib.sha256(text.encode()).hexdigest()[:16]}")
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

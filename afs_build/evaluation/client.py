@@ -48,6 +48,16 @@ class Endpoint:
     timeout: float = 600.0
     retries: int = 2
     model: Optional[str] = None  # the model name sent; default: `name`
+    # What the replies depend on besides the served file (a retrieval index's content and
+    # settings), for the cache only: the results still name the file's own digest.
+    context: Optional[str] = None
+
+    @property
+    def cache_digest(self) -> Optional[str]:
+        """The cache's model key: the file's digest, with the context when there is one."""
+        if not self.digest:
+            return None
+        return f"{self.digest}+{self.context}" if self.context else self.digest
 
     @property
     def url(self) -> str:

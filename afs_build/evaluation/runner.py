@@ -38,7 +38,7 @@ def ask_all(requests: Sequence[Request], cache: Optional[ResponseCache] = None,
     pending: dict[Endpoint, list[int]] = {}
     for i, request in enumerate(requests):
         messages = list(request.messages)
-        hit = cache.get(request.endpoint.digest, messages, request.sampling, request.extra)
+        hit = cache.get(request.endpoint.cache_digest, messages, request.sampling, request.extra)
         if hit is not None:
             out[i] = hit
             advance()
@@ -50,7 +50,7 @@ def ask_all(requests: Sequence[Request], cache: Optional[ResponseCache] = None,
         request = requests[i]
         messages = list(request.messages)
         completion = stream_chat(request.endpoint, messages, request.sampling, request.extra)
-        cache.put(request.endpoint.digest, messages, request.sampling, completion, request.extra)
+        cache.put(request.endpoint.cache_digest, messages, request.sampling, completion, request.extra)
         out[i] = completion
         with lock:
             advance()

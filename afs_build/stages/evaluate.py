@@ -81,11 +81,13 @@ def run(manifest: Manifest, name: str) -> None:
                            judges=manifest.eval.judges)
     mine = suite.for_specialist(questions, name, manifest.eval.max_questions)
     endpoint = benchmark.endpoint(manifest, name, layout)
+    retrieving = endpoint if spec.retrieval is None else \
+        benchmark.with_retrieval(endpoint, layout.index(spec.retrieval.index).report, spec.retrieval)
     gguf = served_gguf(layout, spec)
     cache = response_cache(manifest)
     with log.step(task_name, f"asking {len(mine)} benchmark questions", specialist=name) as extra, \
             log.progress(task_name, len(mine)) as advance:
-        results = benchmark.run(endpoint, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
+        results = benchmark.run(retrieving, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
                                 model_file=gguf.relative_to(layout.build).as_posix(),
                                 quant=served_kind(spec), cache=cache, advance=advance)
         thresholds = manifest.eval.thresholds

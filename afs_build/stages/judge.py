@@ -86,13 +86,18 @@ def run(manifest: Manifest, name: str) -> None:
         constrained = e.judge_grammar and judge in manifest.specialists  # llama.cpp reads GBNF
         return {**sampling(e.judge_max_tokens), **({"grammar": grammar} if constrained else {})}
 
+    def plain(judge: str) -> dict:
+        # a retrieving specialist judges from the reference, without chunks put in the prompt
+        spec = manifest.specialists.get(judge)
+        return {"retrieval": False} if spec is not None and spec.retrieval is not None else {}
+
     requests, meta = [], []
     for item in items:
         for judge in e.judges:
             if judge != item["specialist"]:
                 q = by_id[item["question_id"]]
                 requests.append(Request(endpoints[judge], tuple(judging.verdict_messages(q, item["reply"])),
-                                        settings(judge, judging.VERDICT_GRAMMAR)))
+                                        settings(judge, judging.VERDICT_GRAMMAR), plain(judge)))
                 meta.append(("verdict", judge, item))
     for pair in pairs(manifest, layout, by_id):
         for judge in e.judges:
@@ -101,7 +106,7 @@ def run(manifest: Manifest, name: str) -> None:
             q = by_id[pair["question_id"]]
             for first, second in ((pair["mine"], pair["base"]), (pair["base"], pair["mine"])):
                 requests.append(Request(endpoints[judge], tuple(judging.pairwise_messages(q, first, second)),
-                                        settings(judge, judging.PAIRWISE_GRAMMAR)))
+                                        settings(judge, judging.PAIRWISE_GRAMMAR), plain(judge)))
             meta += [("pair", judge, pair), ("pair2", judge, pair)]
     cache = response_cache(manifest)
     with log.step(task_name, f"asking {len(e.judges)} judges {len(requests)} verdicts") as extra, \

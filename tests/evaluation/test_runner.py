@@ -175,3 +175,31 @@ def test_extra_body_fields_are_sent_and_cached_apart(flaky, tmp_path):
         assert len(list((tmp_path / "cache").rglob("*.json"))) == 2
     finally:
         Flaky.fail_first = 2
+
+
+def test_a_retrieving_servers_replies_are_cached_by_its_index_and_settings(tmp_path):
+    """The cache key of a retrieving specialist follows the index's content and its retrieval
+    settings, while the results still name the served file's digest."""
+    from afs_build.manifest import SpecialistRetrieval
+
+    report = tmp_path / "index.json"
+
+    def write(digest, mtime):
+        report.write_text(json.dumps({"model": {"name": "m"}, "settings": "s1", "built": str(mtime), "seconds": mtime,
+                                      "inputs": {"/a.py": [10, mtime, digest]}}))
+
+    settings = SpecialistRetrieval(index="code", top_k=3, context_chars=300, train_context=False, cite=False)
+    plain = Endpoint("hylia", "http://127.0.0.1:1/v1", digest="file-1")
+    write("d1", 1)
+    first = benchmark.with_retrieval(plain, report, settings)
+    assert first.digest == "file-1" and first.cache_digest.startswith("file-1+retrieval:")
+    write("d1", 2)  # rebuilt, same content: the same key
+    assert benchmark.with_retrieval(plain, report, settings).cache_digest == first.cache_digest
+    write("d2", 2)  # a file indexed changed: another key
+    assert benchmark.with_retrieval(plain, report, settings).cache_digest != first.cache_digest
+    write("d1", 3)
+    more = SpecialistRetrieval(index="code", top_k=5, context_chars=300, train_context=False, cite=False)
+    assert benchmark.with_retrieval(plain, report, more).cache_digest != first.cache_digest
+    report.unlink()
+    assert benchmark.with_retrieval(plain, report, settings).cache_digest != \
+        benchmark.with_retrieval(plain, report, settings).cache_digest  # unknown index: never a hit
