@@ -170,7 +170,8 @@ def check_sources(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
                               f"source; got {got}")
         wanted = {"toolbench": [("path", "file")], "codebase": [("path", "folder")],
                   "synthetic": [("facts", "file"), ("templates", "file")],
-                  "custom": [("path", "file")], "replay": [("path", "file")]}.get(src["kind"], [])
+                  "custom": [("path", "file")], "replay": [("path", "file")],
+                  "feedback": [("path", "file")]}.get(src["kind"], [])
         for key, what in wanted:
             if src.get(key):
                 yield from _exists(pos, root, here + (key,), src[key], what)
@@ -184,6 +185,8 @@ def check_sources(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
             elif src["system_prompt"] is not None:
                 yield pos.problem(here + ("system_prompt",), "expected either system_prompt or "
                                   "system_prompt_of, not both")
+        if src["kind"] == "feedback":
+            yield from _feedback_problems(data, pos, here, src)
         if src["kind"] == "codesearchnet":
             for i, path in enumerate(src["paths"]):
                 yield from _exists(pos, root, here + ("paths", i), path, "file")
@@ -193,6 +196,16 @@ def check_sources(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
                     yield pos.problem(here + ("languages", i), f"unknown CodeSearchNet language "
                                       f"{language!r}; expected one of: {one_of(CSN_LANGUAGES)}"
                                       f"{suggest(language, CSN_LANGUAGES)}")
+
+
+def _feedback_problems(data: dict, pos: Positions, here: tuple, src: dict) -> Iterator[Problem]:
+    """A feedback source names specialists of this manifest."""
+    for i, name in enumerate(src["specialists"]):
+        if name not in data["specialists"]:
+            yield pos.problem(here + ("specialists", i), _unknown("specialist", name, data["specialists"]))
+    if src["system_prompt_of"] is not None and src["system_prompt_of"] not in data["specialists"]:
+        yield pos.problem(here + ("system_prompt_of",),
+                          _unknown("specialist", src["system_prompt_of"], data["specialists"]))
 
 
 def _file_type(pos: Positions, where: tuple, kind: str, key: str, rel: str) -> Iterator[Problem]:
@@ -248,9 +261,17 @@ def check_hardware_fit(data: dict, pos: Positions, root: Path) -> Iterator[Probl
 
 
 def check_eval(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
-    for i, judge in enumerate(data["eval"]["judges"]):
-        if judge not in data["specialists"]:
-            yield pos.problem(("eval", "judges", i), _unknown("specialist", judge, data["specialists"]))
+    judges = data["eval"]["judges"]
+    if isinstance(judges, str) and judges != "all":
+        yield pos.problem(("eval", "judges"), f"expected a list of judge names or 'all', got {judges!r}")
+    known = {**data["specialists"], **data["eval"]["endpoints"]}
+    for i, judge in enumerate(judges if isinstance(judges, list) else []):
+        if judge not in known:
+            yield pos.problem(("eval", "judges", i), _unknown("specialist", judge, known))
+    for name in data["eval"]["endpoints"]:
+        if name in data["specialists"]:
+            yield pos.problem(("eval", "endpoints", name), f"{name!r} is also a specialist; give the "
+                              "endpoint another name")
     if data["eval"]["suite"]:
         yield from _exists(pos, root, ("eval", "suite"), data["eval"]["suite"], "file")
 

@@ -78,6 +78,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the comparisons as JSON")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("eval", help="evaluate a model afs did not build (--endpoint URL --model NAME, or an "
+                       "eval.endpoints entry); with no model, show the last build's evaluation")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="eval.endpoints entries to evaluate")
+    p.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible base URL, e.g. http://127.0.0.1:1234/v1")
+    p.add_argument("--model", help="the model name the endpoint is asked for (with --endpoint)")
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the endpoint's API key")
+    p.add_argument("--suite", help="benchmark questions (default: the manifest's eval.suite)")
+    p.add_argument("--system", default="", help="system prompt to ask with (default: none)")
+    p.add_argument("--limit", type=int, help="ask at most this many questions")
+    p.add_argument("--concurrency", type=int, help="requests in flight at once (default eval.concurrency)")
+    p.add_argument("--cache-key", help="cache replies under this name of the exact model version")
+    p.add_argument("--out", help="folder for results, summary and report (default: under the build folder)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("feedback", help="merge the last round's judged mistakes into the feedback sources' files")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="feedback sources to update (default: all)")
+    p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("screenshots", help="take the last screenshots as the new baselines (--accept)")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("--accept", action="store_true", help="copy the current images over the baselines")
+    p.add_argument("names", nargs="*", metavar="NAME", help="specialists (default: all)")
+    p.set_defaults(func=cmd_screenshots)
+
     p = sub.add_parser("clean", help="remove what the build made for the named specialists (default: "
                        "everything, as doit clean): stop their servers, remove what afs put in LM "
                        "Studio's folder, remove their build outputs")
@@ -303,6 +330,53 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"  against version {regression['previous']}: {regression['difference']:+.2f} "
                   f"[{regression['low']:+.2f}, {regression['high']:+.2f}]: {word}")
     return 0
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import external
+
+    return external.command(args)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from .evaluation.feedback import merge
+    from .manifest import load
+    from .paths import Layout
+
+    manifest = load(args.manifest, _shown_path(args.manifest))
+    latest = Layout.of(manifest).judge().feedback
+    sources = [s for s in manifest.sources.values() if s.kind == "feedback"]
+    unknown = [n for n in args.sources if n not in {s.name for s in sources}]
+    if unknown:
+        raise AfsError(f"not a feedback source of {args.manifest}: {', '.join(unknown)}; expected one of: "
+                       f"{', '.join(s.name for s in sources) or '(none)'}")
+    if not latest.exists():
+        raise AfsError(f"{latest} does not exist; judge a round first: doit judge:family")
+    if not sources:
+        lines = sum(1 for _ in latest.open(encoding="utf-8"))
+        print(f"{latest}: {lines} judged mistakes; add a source of kind feedback (path: a project file) to "
+              f"{args.manifest} and run afs feedback again to train on them")
+        return 0
+    for source in sources:
+        if args.sources and source.name not in args.sources:
+            continue
+        added, total = merge(latest, manifest.resolve(source.settings["path"]))
+        print(f"{source.name}: {added} new mistakes, {total} in {source.settings['path']}")
+    return 0
+
+
+def cmd_screenshots(args: argparse.Namespace) -> int:
+    from .deploy.server import check_names
+    from .manifest import load
+    from .stages.screenshots import accept
+
+    manifest = load(args.manifest, _shown_path(args.manifest))
+    if not args.accept:
+        raise AfsError("afs screenshots: say --accept to take the last images as the new baselines "
+                       "(doit screenshots:family compares them)")
+    taken = accept(manifest, check_names(manifest, args.names) if args.names else None)
+    print(f"accepted {len(taken)} screenshots as baselines in {manifest.eval.screenshots.baselines}")
+    return 0
+
 
 # The stages with one task per specialist: cleaning a specialist cleans these tasks of it.
 SPECIALIST_STAGES = ("mix", "render", "train", "merge", "gguf", "quantize", "deploy", "eval", "compare")

@@ -246,15 +246,52 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class ExternalEndpoint:
+    """A model afs did not build, on an OpenAI-compatible endpoint (eval.endpoints)."""
+
+    name: str
+    base_url: str
+    model: str
+    api_key_env: Optional[str]
+    system_prompt: str
+    cache_key: Optional[str]
+    concurrency: Optional[int]
+
+
+@dataclass(frozen=True)
+class Screenshots:
+    baselines: str
+    width: int
+    height: int
+    font: str
+    mono_font: str
+    font_size: int
+    max_diff_ratio: float
+    min_ssim: float
+    require_match: bool
+
+
+@dataclass(frozen=True)
 class Eval:
     suite: Optional[str]
-    judges: tuple[str, ...]
+    judges: tuple[str, ...]  # "all" in the manifest: every specialist
     max_questions: Optional[int]
     thresholds: Thresholds
     require_beats_base: bool
     general_category: Optional[str]
     quant_questions: Optional[int]
     seed: int
+    judge_questions: int
+    pairwise_questions: Optional[int]
+    judge_grammar: bool
+    judge_max_tokens: int
+    feedback_min_judges: int
+    concurrency: int
+    timeout: float
+    retries: int
+    cache: bool
+    endpoints: FrozenMap  # name -> ExternalEndpoint
+    screenshots: Screenshots
 
 
 @dataclass(frozen=True)
@@ -401,6 +438,11 @@ def _mix(name: str, body: Mapping) -> Mix:
     return _build(Mix, body, name=name, groups=groups)
 
 
+def _eval(body: Mapping, specialists: Mapping) -> Eval:
+    judges = list(specialists) if body["judges"] == "all" else body["judges"]
+    return _build(Eval, body, judges=tuple(judges), endpoints=_named(ExternalEndpoint, body["endpoints"]))
+
+
 def from_data(data: Mapping, file: Path, digest: str = "") -> Manifest:
     """Build the dataclasses from schema-valid, defaulted data."""
     return Manifest(
@@ -414,7 +456,7 @@ def from_data(data: Mapping, file: Path, digest: str = "") -> Manifest:
         mixes=_named(Mix, data["mixes"], _mix),
         specialists=_named(Specialist, data["specialists"]),
         deploy=_build(Deploy, data["deploy"]),
-        eval=_build(Eval, data["eval"]),
+        eval=_eval(data["eval"], data["specialists"]),
         site=_build(Site, data["site"]),
         retrieval=Retrieval(indexes=_named(RetrievalIndex, data["retrieval"]["indexes"])),
     )

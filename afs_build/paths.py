@@ -22,8 +22,15 @@ Everything goes under the project's build folder (``project.build_dir``)::
                                     eval/: results.jsonl, summary.json
                                     compare/: base.jsonl, quants.jsonl, compare.json,
                                     history.jsonl
+                                    screenshots/: actual/, baseline/, diff/ (PNG per question),
+                                    pages/ (the HTML drawn), screenshots.json, index.html
       models/<model>/gguf/          the base's own GGUF files, when no specialist serves it
+      external/<name>/eval/         results.jsonl, summary.json of a model afs did not build
       reports/family.json           every specialist against its base
+      reports/judge/                verdicts.jsonl, pairwise.jsonl, judge.json, feedback.jsonl
+      reports/eval/<name>/          report.json, report.md, report.html, categories.png/.svg,
+                                    speed.png/.svg (one per model; _family for the family)
+      cache/eval/                   replies by served-file digest, messages and sampling
       index/<index>/                chunks.sqlite (chunks, provenance, FTS5), vectors.usearch,
                                     index.json, skipped.jsonl, quality.json
       cache/embeddings/<model>/     embeddings by chunk content digest (embeddings.sqlite)
@@ -309,6 +316,81 @@ class IndexFiles:
 
 
 @dataclass(frozen=True)
+class JudgeFiles:
+    """What ``judge:family`` writes: every verdict, the judges' reliability and the feedback."""
+
+    folder: Path
+
+    @property
+    def verdicts(self) -> Path:
+        """One line per verdict asked: judge, answer graded, reply, the verdict read."""
+        return self.folder / "verdicts.jsonl"
+
+    @property
+    def pairwise(self) -> Path:
+        """One line per pairwise verdict (specialist against base, both orders)."""
+        return self.folder / "pairwise.jsonl"
+
+    @property
+    def report(self) -> Path:
+        """Per judge reliability and weight, Krippendorff's alpha, weighted and pairwise scores."""
+        return self.folder / "judge.json"
+
+    @property
+    def feedback(self) -> Path:
+        """Answers reliable judges agreed were wrong: question, bad answer, reference."""
+        return self.folder / "feedback.jsonl"
+
+
+@dataclass(frozen=True)
+class ScreenshotFiles:
+    """What ``screenshots:<specialist>`` writes: the images, their comparison and a page."""
+
+    folder: Path
+
+    def image(self, kind: str, question_id: str) -> Path:
+        """``baseline`` (a copy of the accepted one), ``actual`` or ``diff`` image of a question."""
+        return self.folder / kind / f"{question_id}.png"
+
+    def page_source(self, question_id: str) -> Path:
+        """The HTML page the reply was drawn from."""
+        return self.folder / "pages" / f"{question_id}.html"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "screenshots.json"
+
+    @property
+    def page(self) -> Path:
+        """The HTML comparison page: baseline, actual and difference side by side."""
+        return self.folder / "index.html"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """One evaluation report (a model's or the family's), at stable paths for the site."""
+
+    folder: Path
+
+    @property
+    def json(self) -> Path:
+        return self.folder / "report.json"
+
+    @property
+    def markdown(self) -> Path:
+        return self.folder / "report.md"
+
+    @property
+    def html(self) -> Path:
+        """Self-contained: styles and charts (SVG) inline."""
+        return self.folder / "report.html"
+
+    def chart(self, name: str, ext: str = "png") -> Path:
+        """``categories`` (score per category) or ``speed`` (speed against score)."""
+        return self.folder / f"{name}.{ext}"
+
+
+@dataclass(frozen=True)
 class CompareFiles:
     """What ``compare`` writes for one specialist: the base's answers, the comparison, history."""
 
@@ -409,6 +491,24 @@ class Layout:
 
     def compare(self, specialist: str) -> CompareFiles:
         return CompareFiles(self.specialist(specialist) / "compare")
+
+    def judge(self) -> JudgeFiles:
+        return JudgeFiles(self.build / "reports" / "judge")
+
+    def screenshots(self, specialist: str) -> ScreenshotFiles:
+        return ScreenshotFiles(self.specialist(specialist) / "screenshots")
+
+    def model_report(self, name: str) -> ReportFiles:
+        """A served model's (or an endpoint's) evaluation report."""
+        return ReportFiles(self.build / "reports" / "eval" / name)
+
+    @property
+    def family_eval_report(self) -> ReportFiles:
+        return ReportFiles(self.build / "reports" / "eval" / "_family")
+
+    def external(self, name: str) -> EvalFiles:
+        """What ``afs eval`` writes for a model afs did not build."""
+        return EvalFiles(self.build / "external" / name / "eval")
 
     def baseline(self, model: str) -> BaselineFiles:
         return BaselineFiles(self.build / "models" / model / "gguf", model)

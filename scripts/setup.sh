@@ -11,6 +11,27 @@ $PIP --upgrade pip
 $PIP torch==2.13.0
 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" $PIP -e ".[test]"
 
+# Headless Chromium (Debian's package) draws the replies meant to be seen (screenshots:family)
+# and the reports' PNG charts, in the fonts the pages name; installed only when missing.
+# Without apt-get (not Debian or Ubuntu) or root, say what to install instead of failing later
+# in the tests; AFS_CHROMIUM names a Chromium binary installed elsewhere.
+if [ -z "${AFS_CHROMIUM:-}" ] && { [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -q "DejaVu Sans Mono"; }; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO="none"; fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1 || [ "$SUDO" = "none" ]; then
+    echo "ERROR: scripts/setup.sh: headless Chromium and the DejaVu fonts are needed (screenshots:family," \
+         "the reports' PNG charts and their tests), and apt-get (as root or with sudo) is not available" \
+         "here to install Debian's chromium and fonts-dejavu-core. Install Chromium and DejaVu Sans Mono" \
+         "with this system's package manager (export AFS_CHROMIUM=/path/to/chromium if it is not" \
+         "/usr/bin/chromium), then run scripts/setup.sh again." >&2
+    exit 1
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core
+fi
+
 # llama.cpp's reference converter, which tests compare afs's converter with (tests/reference.py):
 # convert_hf_to_gguf.py needs its conversion/ and gguf-py/ folders and ships only in the
 # llama-cpp-python source distribution. Fetched here with pip (tests never download), for the

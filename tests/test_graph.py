@@ -113,7 +113,7 @@ def test_doit_list_shows_every_task_with_its_doc(project, minimal):
         "base", "base:tiny", "baseline", "render", "render:alpha", "render:beta", "train", "train:alpha",
         "train:beta", "merge", "merge:alpha", "merge:beta", "gguf", "gguf:alpha", "gguf:beta",
         "quantize", "quantize:alpha", "quantize:beta", "deploy", "deploy:alpha", "deploy:beta",
-            "eval", "compare", "report"]  # no eval.suite: empty groups
+            "eval", "compare", "judge", "screenshots", "report", "scorecard"]  # no eval.suite: empty groups
     assert "ingest:chat Convert custom source 'chat' into canonical samples." in {
         " ".join(line.split()) for line in lines}
 

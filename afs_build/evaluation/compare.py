@@ -38,11 +38,12 @@ def table(spec_results: Sequence[dict], base_results: Sequence[dict], *, own: Se
           general: Optional[str], seed: int = 0) -> dict:
     """Paired statistics per category and for the own, general and overall groups.
 
-    Results are matched by question id; a question only one side answered is left out and
-    counted under ``unpaired``.
+    Results are matched by question id; a question only one side answered (or scored: a failed
+    request, a question judges grade) is left out and counted under ``unpaired``.
     """
-    base = {r["question_id"]: r for r in base_results}
-    pairs = [(r, base[r["question_id"]]) for r in spec_results if r["question_id"] in base]
+    base = {r["question_id"]: r for r in base_results if r.get("score") is not None}
+    pairs = [(r, base[r["question_id"]]) for r in spec_results
+             if r["question_id"] in base and r.get("score") is not None]
     unpaired = len(spec_results) - len(pairs)
 
     def block(items) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..errors import StageError
 
@@ -21,18 +21,41 @@ def messages_for(question: dict, system_prompt: str) -> list[dict]:
         [{"role": "user", "content": question["question"]}]
 
 
-def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_ctx: int = 2048) -> dict[str, dict]:
-    """{question id: {"reply", "latency_s", "completion_tokens"}} for every question."""
+def _sampling(question: dict) -> dict:
+    # "runtime" keeps these apart from the server's replies in the cache: the server stops on
+    # more end tokens than a bare Llama does, so the two may differ
+    return {"max_tokens": question["max_tokens"], "temperature": 0.0, "seed": 0, "runtime": "llama_cpp.Llama"}
+
+
+def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_ctx: int = 2048,
+               cache=None, digest: Optional[str] = None) -> dict[str, dict]:
+    """{question id: {"reply", "latency_s", "completion_tokens"}} for every question.
+
+    With a `cache` and the file's `digest`, replies asked before of the same file are reused
+    (and the model is not even loaded when every one is).
+    """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    out = {}
+    todo = []
+    for question in questions:
+        hit = cache.get(digest, messages_for(question, system_prompt), _sampling(question)) if cache else None
+        if hit is not None:
+            out[question["id"]] = {"reply": hit.reply, "latency_s": hit.latency_s or 0.0,
+                                   "completion_tokens": hit.completion_tokens}
+        else:
+            todo.append(question)
+    if not todo:
+        return out
     from llama_cpp import Llama
+
+    from .client import Completion
 
     if not Path(gguf).is_file():
         raise StageError(f"{gguf} does not exist; build it first (doit quantize)")
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=max(1, min(os.cpu_count() or 1, 8)),
                 verbose=False, seed=0)
-    out = {}
     try:
-        for question in questions:
+        for question in todo:
             started = time.perf_counter()
             data = llm.create_chat_completion(messages_for(question, system_prompt), temperature=0.0,
                                               max_tokens=question["max_tokens"], seed=0)
@@ -40,6 +63,9 @@ def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_c
             out[question["id"]] = {"reply": data["choices"][0]["message"]["content"] or "",
                                    "latency_s": round(time.perf_counter() - started, 4),
                                    "completion_tokens": tokens}
+            if cache is not None:
+                cache.put(digest, messages_for(question, system_prompt), _sampling(question),
+                          Completion(**out[question["id"]]))
     finally:
         llm.close()
     return out

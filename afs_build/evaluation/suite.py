@@ -63,12 +63,56 @@ def load(path: Path, display: Optional[str] = None, specialists: Sequence[str] =
         if question["grading"] == "keywords" and not question["keywords"]:
             problems.append(positions.problem(("keywords",), "grading 'keywords' needs keywords; "
                                               "list the words a correct answer contains"))
+        problems.extend(positions.problem((key,), message) for key, message in scorer_problems(question))
         questions.append(question)
     if problems:
         raise AfsError(problems=problems)
     if not questions:
         raise AfsError(f"{display}: the benchmark suite has no questions")
     return questions
+
+
+def scorer_problems(question: dict) -> list[tuple[str, str]]:
+    """(key, message) for what the regex, numeric, json and code scorers need and lack."""
+    import json
+    import re
+
+    from .grading import expected_value
+
+    kind, out = question["grading"], []
+    if kind == "regex":
+        if not question["pattern"]:
+            out.append(("pattern", "grading 'regex' needs a pattern to search the reply for"))
+        else:
+            try:
+                re.compile(question["pattern"])
+            except re.error as err:
+                out.append(("pattern", f"not a regular expression: {err}"))
+    if kind == "numeric" and expected_value(question) is None:
+        out.append(("value", "grading 'numeric' needs a value (or a number in answer)"))
+    if kind == "json":
+        try:
+            json.loads(question["answer"] or "")
+        except ValueError as err:
+            out.append(("answer", f"grading 'json' compares with the answer parsed as JSON, but it "
+                                  f"is not JSON: {err}"))
+    if kind == "code":
+        if not question["tests"]:
+            out.append(("tests", "grading 'code' needs tests: def test_*(): functions that import "
+                                 "from solution"))
+        else:
+            try:
+                compile(question["tests"], "tests", "exec")
+            except SyntaxError as err:
+                out.append(("tests", f"the tests are not Python: {err.msg} (line {err.lineno})"))
+    return out
+
+
+def version(path: Path) -> str:
+    """The suite's version: a digest of its content (the same questions, the same version)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def for_specialist(questions: Sequence[dict], name: str, limit: Optional[int] = None) -> list[dict]:

@@ -11,7 +11,8 @@ specialist. It answers
   lexical and dense rankings);
 - ``POST /v1/chat/completions``: the last user turn is searched and the top chunks are put in
   front of it (:mod:`.context`); the reply carries ``retrieval`` (what was retrieved), and with
-  ``cite`` a ``Sources:`` line. ``"retrieval": false`` in the request turns retrieval off for
+  ``cite`` a ``Sources:`` line (a streamed reply: what was retrieved in an ``X-AFS-Retrieval``
+  header, the line as a last content chunk). ``"retrieval": false`` in the request turns retrieval off for
   it (the benchmark asks both ways), ``{"top_k": n}`` changes how many chunks it gets.
 
 A missing or stale index is a 503 ``index_missing`` or 409 ``index_stale`` error whose message
@@ -160,8 +161,13 @@ class RetrievalApp:
             hits = await asyncio.to_thread(self.retriever().search, messages[at]["content"], top_k)
             data["messages"] = augment(messages, [h.chunk for h in hits], self.settings.context_chars)
         body = json.dumps(data, ensure_ascii=False).encode("utf-8")
-        if not hits or data.get("stream"):
+        if not hits:
             return await self.app(scope, _replay(body, receive), send)
+        retrieval = {"index": self.index_name, "chunks": [
+            {k: v for k, v in h.to_json().items() if k != "text"} for h in hits]}
+        if data.get("stream"):  # a stream has no place for it: a header says what was retrieved
+            cited = sources_line([h.chunk for h in hits]) if self.settings.cite else None
+            return await self.app(scope, _replay(body, receive), _streamed(send, retrieval, cited))
         status, headers, raw = await _capture(self.app, scope, body, receive)
         try:
             reply = json.loads(raw)
@@ -169,8 +175,7 @@ class RetrievalApp:
             reply = None
         if status != 200 or not isinstance(reply, dict):
             return await _send(send, status, headers, raw)
-        reply["retrieval"] = {"index": self.index_name, "chunks": [
-            {k: v for k, v in h.to_json().items() if k != "text"} for h in hits]}
+        reply["retrieval"] = retrieval
         if self.settings.cite:
             for choice in reply.get("choices", []):
                 message = choice.get("message") or {}
@@ -222,6 +227,33 @@ def _replay(body: bytes, receive):
         return await receive()
 
     return replayed
+
+
+RETRIEVAL_HEADER = b"x-afs-retrieval"  # read by afs_build.evaluation.client
+
+
+def _streamed(send, retrieval: dict, cited: Optional[str]):
+    """A send for a streamed reply: what was retrieved (file and lines of each chunk) as a
+    header, and with `cited` one more content chunk, the ``Sources:`` line, before ``[DONE]``."""
+    value = json.dumps({"index": retrieval["index"], "chunks": [
+        {k: c[k] for k in ("file", "start_line", "end_line") if k in c} for c in retrieval["chunks"]]})
+    event = b"data: " + json.dumps({"object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"content": "\n\n" + (cited or "")}, "finish_reason": None}]}).encode() + b"\r\n\r\n"
+    pending = cited is not None
+
+    async def sending(message):
+        nonlocal pending
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (RETRIEVAL_HEADER, value.encode())]}
+        elif message["type"] == "http.response.body" and pending:
+            part = message.get("body", b"")
+            at = part.find(b"data: [DONE]")
+            if at >= 0 or not message.get("more_body", False):
+                at = len(part) if at < 0 else at
+                message, pending = {**message, "body": part[:at] + event + part[at:]}, False
+        await send(message)
+
+    return sending
 
 
 async def _capture(app, scope, body: bytes, receive) -> tuple[int, list, bytes]:

@@ -41,8 +41,10 @@ def compare_slice(manifest: Manifest, name: str) -> dict:
     """What the comparison reads from the manifest: the eval section, and the specialist's
     system prompt and categories (the base is asked with them)."""
     spec = manifest.specialists[name]
-    return {"eval": manifest.eval, "system_prompt": spec.system_prompt, "categories": spec.categories,
-            "quantize": spec.quantize}
+    e = manifest.eval
+    return {"eval": {k: getattr(e, k) for k in ("suite", "max_questions", "require_beats_base",
+                                                 "general_category", "quant_questions", "seed")},
+            "system_prompt": spec.system_prompt, "categories": spec.categories, "quantize": spec.quantize}
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
@@ -75,6 +77,7 @@ def run(manifest: Manifest, name: str) -> None:
     from ..data.jsonl import read_jsonl, write_jsonl
     from ..deploy.server import served_kind
     from ..evaluation import benchmark, compare, suite
+    from .evaluate import response_cache
 
     layout = Layout.of(manifest)
     spec = manifest.specialists[name]
@@ -86,13 +89,12 @@ def run(manifest: Manifest, name: str) -> None:
     mine = list(read_jsonl(layout.eval(name).results))
     asked = [by_id[r["question_id"]] for r in mine if r["question_id"] in by_id]
     server = base_server(manifest, spec)
-    judges = [benchmark.endpoint(manifest, j) for j in manifest.eval.judges]
+    cache = response_cache(manifest)
     with serving_base(manifest, spec, server) as base, \
             log.step(task_name, f"asking the base ({base.name}) {len(asked)} questions", specialist=name), \
             log.progress(f"{task_name} base", len(asked)) as advance:
         base_results = benchmark.run(base, asked, system_prompt=spec.system_prompt, run_id=log.run_id(),
-                                     judges=[j for j in judges if j.name != name],
-                                     model_file=None, quant=served_kind(spec), advance=advance)
+                                     model_file=None, quant=served_kind(spec), cache=cache, advance=advance)
     own = compare.own_categories(questions, name, spec.categories)
     report = compare.table(mine, base_results, own=own, general=manifest.eval.general_category,
                            seed=manifest.eval.seed)
@@ -100,7 +102,7 @@ def run(manifest: Manifest, name: str) -> None:
                   served=served_kind(spec), base_served=served_kind(server or spec),
                   seen_in_training=seen_in_training(layout, name, asked))
     with log.step(task_name, "asking each quantized file", specialist=name):
-        quants, quant_rows = quantization(manifest, name, asked)
+        quants, quant_rows = quantization(manifest, name, asked, cache)
     report["quantization"] = quants
     version = model_version(layout, name, spec)
     report["version"] = version
@@ -140,10 +142,12 @@ def serving_base(manifest: Manifest, spec: Specialist, server: Optional[Speciali
     files = Layout.of(manifest).baseline(spec.base)
     key = client_key(manifest.deploy)
     port = free_port()
-    record = start(spec.base, files.gguf(served_kind(spec)), host="127.0.0.1", port=port,
+    gguf = files.gguf(served_kind(spec))
+    record = start(spec.base, gguf, host="127.0.0.1", port=port,
                    n_ctx=spec.context_length, pid_file=files.pid, log_file=files.server_log, key=key)
     try:
-        yield benchmark.Endpoint(spec.base, "127.0.0.1", port, key)
+        yield benchmark.local_endpoint(manifest, spec.base, f"http://127.0.0.1:{port}/v1", key,
+                                       benchmark.served_digest(files.report, gguf.name))
     finally:
         for pid in running(files.pid) or [record["pid"]]:
             processes.terminate(pid, GRACE_SECONDS)
@@ -173,15 +177,16 @@ def seen_in_training(layout: Layout, name: str, questions: list[dict]) -> int:
     return len(seen)
 
 
-def quantization(manifest: Manifest, name: str, questions: list[dict]) -> tuple[dict, list[dict]]:
+def quantization(manifest: Manifest, name: str, questions: list[dict], cache=None) -> tuple[dict, list[dict]]:
     """Each quantized file and the F16 asked the first questions: score, agreement with the
     F16's replies, size and speed per type."""
     from ..evaluation import grading
+    from ..evaluation.benchmark import served_digest
     from ..evaluation.local import answer_all
 
     spec = manifest.specialists[name]
     limit = manifest.eval.quant_questions
-    chosen = [q for q in questions if q["grading"] != "judge"]
+    chosen = [q for q in questions if q["grading"] not in ("judge", "code")]  # code: sandbox runs are slow
     chosen = chosen if limit is None else chosen[:limit]
     if not chosen:
         return {}, []
@@ -192,7 +197,8 @@ def quantization(manifest: Manifest, name: str, questions: list[dict]) -> tuple[
     rows = []
     for kind in kinds:
         path = post.gguf(kind)
-        answers = answer_all(path, chosen, spec.system_prompt, n_ctx=spec.context_length)
+        answers = answer_all(path, chosen, spec.system_prompt, n_ctx=spec.context_length, cache=cache,
+                             digest=served_digest(post.quantize_report, path.name))
         replies[kind] = {qid: a["reply"] for qid, a in answers.items()}
         scores = {qid: grading.rule_score(q, answers[q["id"]]["reply"]) for q in chosen for qid in [q["id"]]}
         tokens = sum(a["completion_tokens"] or 0 for a in answers.values())
@@ -223,7 +229,7 @@ def record_version(history, version: str, results: list[dict], own: list[str], s
     from ..data.jsonl import read_jsonl
     from ..evaluation.compare import regression
 
-    scores = {r["question_id"]: r["score"] for r in results if r["category"] in own}
+    scores = {r["question_id"]: r["score"] for r in results if r["category"] in own and r.get("score") is not None}
     past = list(read_jsonl(history)) if history.exists() else []
     previous = next((p for p in reversed(past) if p["version"] != version), None)
     if not past or past[-1]["version"] != version:

@@ -1,7 +1,10 @@
 """Ask each served specialist the benchmark suite and grade its replies (eval:<specialist>).
 
-A specialist that retrieves is asked twice, with retrieval and with it turned off, and the
-difference per category is kept beside its results. Each index with questions gets its
+Replies come from the response cache where the same served file was asked the same question
+before (keyed by the file's digest, the messages and the sampling), so a rebuild that changes
+nothing an answer depends on asks nothing again. Questions graded by judges are left to
+``judge:family``. A specialist that retrieves is asked twice, with retrieval and with it turned
+off (cached apart), and the difference per category is kept beside its results. Each index with questions gets its
 retrieval quality measured (eval:index:<name>).
 """
 
@@ -17,17 +20,22 @@ from ..uptodate import SliceChanged, code_files
 from .common import action, task
 
 NAME = "eval"
+CODE = ("stages/evaluate.py", "evaluation/benchmark.py", "evaluation/grading.py", "evaluation/sandbox.py",
+        "evaluation/client.py", "evaluation/suite.py")
 
 
 def eval_slice(manifest: Manifest, name: str) -> dict:
-    """What the replies depend on in the manifest: the eval section, the specialist's system
-    prompt and the type it serves (not where it is served: a new port asks nothing again)."""
+    """What the replies depend on in the manifest: the questions chosen, the pass marks, the
+    specialist's system prompt and the type it serves (not where it is served, nor how many
+    requests are in flight: a new port asks nothing again)."""
     from ..deploy.server import served_kind
 
     spec = manifest.specialists[name]
+    e = manifest.eval
     # A retrieving specialist's replies also depend on its retrieval settings (only then in the
     # slice, so the others' slices are what they were).
-    return {"eval": manifest.eval, "system_prompt": spec.system_prompt, "served": served_kind(spec),
+    return {"suite": e.suite, "max_questions": e.max_questions, "thresholds": e.thresholds,
+            "system_prompt": spec.system_prompt, "served": served_kind(spec),
             **({"retrieval": spec.retrieval} if spec.retrieval else {})}
 
 
@@ -36,24 +44,25 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
     if not manifest.eval.suite:  # no benchmark to ask
         return
     layout = Layout.of(manifest)
-    suite = str(manifest.resolve(manifest.eval.suite))
-    judges = list(manifest.eval.judges)
+    suite = manifest.resolve(manifest.eval.suite)
     for spec in manifest.specialists.values():
         files = layout.eval(spec.name)
-        served = sorted({spec.name, *judges})
-        yield {
-            "name": f"{NAME}:{spec.name}",
-            "doc": f"Ask {spec.title} the benchmark suite on its server and grade the replies.",
-            "actions": [(run, [manifest, spec.name])],
-            # the quantize reports are written last: they change when a served file does
-            "file_dep": [suite] + [str(layout.post(n).quantize_report) for n in served]
-            + ([str(layout.index(spec.retrieval.index).report)] if spec.retrieval else []),
-            "task_dep": [f"deploy:{n}" for n in served],
-            "targets": [str(files.results), str(files.summary)]
-            + ([str(files.without_retrieval), str(files.retrieval_effect)] if spec.retrieval else []),
-            "uptodate": [SliceChanged(f"eval ({spec.name})", eval_slice(manifest, spec.name))],
-            "clean": True,
-        }
+        # the quantize report is written last: it changes when the served file does
+        yield task(f"{NAME}:{spec.name}", f"Ask {spec.title} the benchmark suite on its server and grade the replies.",
+                   run, manifest, spec.name,
+                   file_dep=[suite, layout.post(spec.name).quantize_report, *code_files(*CODE)]
+                   + ([layout.index(spec.retrieval.index).report] if spec.retrieval else []),
+                   task_dep=[f"deploy:{spec.name}"],
+                   targets=[files.results, files.summary]
+                   + ([files.without_retrieval, files.retrieval_effect] if spec.retrieval else []),
+                   uptodate=[SliceChanged(f"eval ({spec.name})", eval_slice(manifest, spec.name))])
+
+
+def response_cache(manifest: Manifest):
+    """The shared response cache (None-backed when eval.cache is false)."""
+    from ..evaluation.cache import ResponseCache
+
+    return ResponseCache(Layout.of(manifest).cache("eval") if manifest.eval.cache else None)
 
 
 @action(NAME)
@@ -66,34 +75,43 @@ def run(manifest: Manifest, name: str) -> None:
     layout = Layout.of(manifest)
     spec = manifest.specialists[name]
     files = layout.eval(name)
-    task = f"{NAME}:{name}"
-    questions = suite.load(manifest.resolve(manifest.eval.suite), manifest.eval.suite,
-                           specialists=list(manifest.specialists), judges=manifest.eval.judges)
+    task_name = f"{NAME}:{name}"
+    path = manifest.resolve(manifest.eval.suite)
+    questions = suite.load(path, manifest.eval.suite, specialists=list(manifest.specialists),
+                           judges=manifest.eval.judges)
     mine = suite.for_specialist(questions, name, manifest.eval.max_questions)
-    endpoint = benchmark.endpoint(manifest, name)
-    judges = [benchmark.endpoint(manifest, j) for j in manifest.eval.judges]
+    endpoint = benchmark.endpoint(manifest, name, layout)
+    retrieving = endpoint if spec.retrieval is None else \
+        benchmark.with_retrieval(endpoint, layout.index(spec.retrieval.index).report, spec.retrieval)
     gguf = served_gguf(layout, spec)
-    with log.step(task, f"asking {len(mine)} benchmark questions", specialist=name) as extra, \
-            log.progress(task, len(mine)) as advance:
-        results = benchmark.run(endpoint, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
-                                judges=judges, model_file=gguf.relative_to(layout.build).as_posix(),
-                                quant=served_kind(spec), advance=advance)
+    cache = response_cache(manifest)
+    with log.step(task_name, f"asking {len(mine)} benchmark questions", specialist=name) as extra, \
+            log.progress(task_name, len(mine)) as advance:
+        results = benchmark.run(retrieving, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
+                                model_file=gguf.relative_to(layout.build).as_posix(),
+                                quant=served_kind(spec), cache=cache, advance=advance)
         thresholds = manifest.eval.thresholds
         summary = benchmark.summarize(name, results, thresholds.min_score, thresholds.min_tokens_per_second)
-        extra.update(mean_score=summary["mean_score"], tokens_per_second=summary["tokens_per_second"])
+        summary["suite_version"] = suite.version(path)
+        extra.update(mean_score=summary["mean_score"], tokens_per_second=summary["tokens_per_second"],
+                     cached=cache.hits, failed=summary["failed_requests"])
     files.folder.mkdir(parents=True, exist_ok=True)
     if spec.retrieval is not None:  # the same questions without retrieval, for the difference
         from ..retrieval.effect import effect
 
-        with log.step(task, "asking again without retrieval", specialist=name), \
-                log.progress(task, len(mine)) as advance:
+        with log.step(task_name, "asking again without retrieval", specialist=name), \
+                log.progress(task_name, len(mine)) as advance:
             plain = benchmark.run(endpoint, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
-                                  judges=judges, model_file=gguf.relative_to(layout.build).as_posix(),
-                                  quant=served_kind(spec), advance=advance, extra={"retrieval": False})
+                                  model_file=gguf.relative_to(layout.build).as_posix(),
+                                  quant=served_kind(spec), cache=cache, advance=advance,
+                                  extra={"retrieval": False})
         write_jsonl(files.without_retrieval, plain)
         write_json(files.retrieval_effect, effect(manifest, name, questions, results, plain))
     write_jsonl(files.results, results)
     write_json(files.summary, summary)
+    if summary["failed_requests"]:
+        log.event(f"WARNING: {summary['failed_requests']} of {len(results)} requests to {spec.title} "
+                  f"failed (not scored): {summary['failed'][0]['error']}", task=task_name, specialist=name)
     if summary["failures"]:
         raise StageError(f"{spec.title} does not meet the pass marks: {'; '.join(summary['failures'])} "
                          f"(replies in {files.results})")

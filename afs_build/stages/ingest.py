@@ -56,7 +56,11 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
 
 
 def replay_system_prompt(manifest: Manifest, source: Source):
-    """The system prompt a replay source's prompts are answered with (None for other kinds)."""
+    """The system prompt a replay source's prompts are answered with, or a feedback source's
+    samples carry (None for other kinds)."""
+    if source.kind == "feedback":
+        of = source.settings["system_prompt_of"]
+        return manifest.specialists[of].system_prompt if of else None
     if source.kind != "replay":
         return None
     of = source.settings["system_prompt_of"]
@@ -122,6 +126,13 @@ def records(manifest: Manifest, source: Source, layout: Layout):
                               max_tokens=s["max_tokens"], system_prompt=replay_system_prompt(manifest, source),
                               limit=s["limit"],
                               cache_dir=layout.cache("replay"))
+    if source.kind == "feedback":  # the last round's judged mistakes (afs feedback)
+        from ..evaluation.feedback import convert_feedback
+
+        of = s["system_prompt_of"]
+        return convert_feedback(path("path"), source=source.name, specialists=tuple(s["specialists"]),
+                                system_prompt=manifest.specialists[of].system_prompt if of else None,
+                                max_chars=source.max_chars)
     if source.kind == "custom":
         from ..data import custom
 

@@ -28,15 +28,16 @@ def test_each_specialist_is_compared_with_its_base(project, minimal):
 
     build_tiny_model(project.root / "tiny")
     minimal["models"] = {"tiny": {"path": "tiny", "params_b": 0.001}}
-    common = {"base": "tiny", "context_length": 256, "system_prompt": "You answer briefly."}
+    common = {"base": "tiny", "context_length": 512, "system_prompt": "You answer briefly."}
     minimal["specialists"] = {
         "alpha": {"role": "Tester", "mix": "general", "hardware": "cpu", "port": free_port(),
                   "epochs": 2, "learning_rate": 0.003, "batch_size": 4, "max_seq_len": 128,
                   "quantize": ["Q8_0", "Q4_K_M"], "serve_quant": "Q8_0", **common},
         "plain": {"role": "Base", "train": False, "quantize": ["Q8_0"], "port": free_port(), **common},
+        "gamma": {"role": "Judge", "train": False, "quantize": ["Q8_0"], "port": free_port(), **common},
     }
     minimal["mixes"]["general"]["samples"] = 16
-    minimal["eval"] = {"suite": "suite.jsonl", "quant_questions": 2}
+    minimal["eval"] = {"suite": "suite.jsonl", "quant_questions": 2, "judges": "all", "judge_questions": 2}
     files = {"chat.jsonl": "".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in FACTS),
              "suite.jsonl": "".join(json.dumps(q) + "\n" for q in SUITE)}
     path = project.write(minimal, files)
@@ -71,6 +72,21 @@ def test_each_specialist_is_compared_with_its_base(project, minimal):
 
         assert doit(project.root, "report:family") == set()  # nothing changed: nothing asked again
         assert afs(["compare", "-m", str(path)]) == 0
+
+        # judged pairwise against its base, in both orders, by the judge that answered neither
+        assert "judge:family" in doit(project.root, "judge:family")
+        pairs = [json.loads(line) for line in (project.root / "build/reports/judge/pairwise.jsonl").read_text().splitlines()]
+        assert pairs and {p["judge"] for p in pairs} == {"gamma"} and {p["specialist"] for p in pairs} == {"alpha"}
+        assert [p["question_id"] for p in pairs] and all(p["category"] == "snes" for p in pairs)
+        for p in pairs:
+            assert p["base"] == "plain" and len(p["replies"]) == 2 and p["error"] is None
+            assert p["first"] in ("A", "B", "tie") and p["second"] in ("A", "B", "tie")  # the grammar
+            assert p["outcome"] == {("A", "B"): "win", ("B", "A"): "loss", ("tie", "tie"): "tie"}.get(
+                (p["first"], p["second"]), "inconsistent")
+        judged = json.loads((project.root / "build/reports/judge/judge.json").read_text())["pairwise"]["alpha"]
+        assert judged["questions"] == 2 and judged["base"] == "plain"
+        assert judged["judged"] + judged["unjudged"] == 2
+        assert judged["judges"]["gamma"]["pairs"] == 2
 
         # a specialist that must beat its base fails the build when it does not
         minimal["eval"]["require_beats_base"] = True

@@ -25,8 +25,8 @@ def q(qid, **extra) -> dict:
 
 def test_the_default_suite_loads_and_every_specialist_has_questions():
     questions = suite.load(REPO / "data/eval/suite.jsonl", specialists=NAMES, judges=["agahnim"])
-    assert len(questions) == 108
-    assert len({x["id"] for x in questions}) == 108
+    assert len(questions) == 121
+    assert len({x["id"] for x in questions}) == 121
     for name in NAMES:
         assert suite.for_specialist(questions, name), name
 
@@ -50,6 +50,11 @@ def test_every_problem_is_reported_with_its_line(tmp_path):
         q("exact", grading="exact"),
         {"id": "nokw", "category": "general", "question": "Q?"},
         {"id": "extra", "category": "general", "question": "Q?", "keywords": ["x"], "answr": "typo"},
+        q("re", grading="regex", pattern="(unclosed"),
+        q("num", grading="numeric", answer="none"),
+        q("js", grading="json", answer="{not json"),
+        q("code", grading="code"),
+        q("code2", grading="code", tests="def test_x(:\n    pass"),
     ])
     with pytest.raises(AfsError) as err:
         suite.load(path, "suite.jsonl", specialists=NAMES)
@@ -62,8 +67,15 @@ def test_every_problem_is_reported_with_its_line(tmp_path):
         "suite.jsonl:6:1: answer: grading 'exact' compares the reply with the answer; give an answer",
         "suite.jsonl:7:1: keywords: grading 'keywords' needs keywords; list the words a correct answer contains",
         "suite.jsonl:8:1: answr: unknown key 'answr'; expected one of: 'answer', 'category', 'difficulty', "
-        "'grading', 'id', 'keywords', 'max_tokens', 'question', 'specialists', 'system', 'tags' "
-        "(did you mean 'answer'?)",
+        "'grading', 'id', 'keywords', 'max_diff_ratio', 'max_tokens', 'min_ssim', 'pattern', 'question', "
+        "'relative_tolerance', 'render', 'specialists', 'system', 'tags', 'tests', 'timeout_s', 'tolerance', "
+        "'value' (did you mean 'answer'?)",
+        "suite.jsonl:9:1: pattern: not a regular expression: missing ), unterminated subpattern at position 0",
+        "suite.jsonl:10:1: value: grading 'numeric' needs a value (or a number in answer)",
+        "suite.jsonl:11:1: answer: grading 'json' compares with the answer parsed as JSON, but it is not JSON: "
+        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        "suite.jsonl:12:1: tests: grading 'code' needs tests: def test_*(): functions that import from solution",
+        "suite.jsonl:13:1: tests: the tests are not Python: invalid syntax (line 1)",
     ]
 
 
