@@ -329,7 +329,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             word = "REGRESSION" if regression["regressed"] else "no regression"
             print(f"  against version {regression['previous']}: {regression['difference']:+.2f} "
                   f"[{regression['low']:+.2f}, {regression['high']:+.2f}]: {word}")
+        if report.get("retrieval"):
+            from .retrieval.effect import line as retrieval_line
+
+            print("  " + retrieval_line(manifest.specialists[name].title, report["retrieval"]))
     return 0
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import external
