@@ -249,6 +249,7 @@ class Eval:
 class Site:
     title: str
     dir: str
+    instant_navigation: bool
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ Everything goes under the project's build folder (``project.build_dir``)::
       models/<model>/gguf/          the base's own GGUF files, when no specialist serves it
       reports/family.json           every specialist against its base
 
+The generated site lives outside the build folder, in ``site.dir`` (:class:`SiteFiles`).
+
 Names are validated as safe slugs before they get here, so joining them is safe.
 """
 
@@ -253,6 +255,11 @@ class EvalFiles:
     def summary(self) -> Path:
         return self.folder / "summary.json"
 
+    @property
+    def screenshots(self) -> Path:
+        """Rendered answers with their baselines and differences (the site shows what is there)."""
+        return self.folder / "screenshots"
+
 
 @dataclass(frozen=True)
 class CompareFiles:
@@ -301,6 +308,47 @@ class BaselineFiles:
     @property
     def server_log(self) -> Path:
         return self.folder / "server.log"
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """The generated site (``site.dir``): MkDocs config and Markdown written by ``site``, and the
+    HTML MkDocs builds from them."""
+
+    folder: Path
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "SiteFiles":
+        return cls(manifest.resolve(manifest.site.dir))
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "mkdocs.yml"
+
+    @property
+    def docs(self) -> Path:
+        """The generated Markdown pages and their assets (MkDocs' docs_dir)."""
+        return self.folder / "docs"
+
+    @property
+    def assets(self) -> Path:
+        return self.docs / "assets"
+
+    @property
+    def html(self) -> Path:
+        """The built site (MkDocs' site_dir): what a browser loads."""
+        return self.folder / "build"
+
+    def page(self, name: str) -> Path:
+        """A family page's Markdown (``index``, ``dashboard``, ...)."""
+        return self.docs / f"{name}.md"
+
+    def specialist_page(self, name: str) -> Path:
+        return self.docs / "specialists" / f"{name}.md"
+
+    def html_of(self, page: Path) -> Path:
+        """The HTML file MkDocs builds from a page (``use_directory_urls: false``)."""
+        return self.html / page.relative_to(self.docs).with_suffix(".html")
 
 
 @dataclass(frozen=True)
