@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the comparisons as JSON")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("site", help="build the site from what the build folder holds now (nothing "
+                       "upstream runs; `doit site` brings it up to date first); --serve shows it")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("--serve", action="store_true", help="then serve the built site on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+    p.add_argument("--no-build", action="store_true", help="with --serve: serve the site as last built")
+    p.set_defaults(func=cmd_site)
+
     p = sub.add_parser("clean", help="remove what the build made for the named specialists (default: "
                        "everything, as doit clean): stop their servers, remove what afs put in LM "
                        "Studio's folder, remove their build outputs")
@@ -303,6 +311,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"  against version {regression['previous']}: {regression['difference']:+.2f} "
                   f"[{regression['low']:+.2f}, {regression['high']:+.2f}]: {word}")
     return 0
+
+def cmd_site(args: argparse.Namespace) -> int:
+    """Build the site from the build folder as it is; with --serve, serve it on loopback."""
+    from .manifest import load
+    from .paths import SiteFiles
+    from .site import build
+
+    manifest = load(args.manifest, _shown_path(args.manifest))
+    folder = SiteFiles.of(manifest).html
+    if not args.no_build:
+        folder = build.build_site(manifest)
+        print(f"site built: {_shown_path(str(folder / 'index.html'))}")
+    if args.serve:
+        if not (folder / "index.html").is_file():
+            raise AfsError(f"no built site in {folder}; build it with: afs site -m {args.manifest}")
+        from .site.serve import serve
+
+        serve(folder, args.port)
+    return 0
+
 
 # The stages with one task per specialist: cleaning a specialist cleans these tasks of it.
 SPECIALIST_STAGES = ("mix", "render", "train", "merge", "gguf", "quantize", "deploy", "eval", "compare")

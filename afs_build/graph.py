@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 from .manifest import Manifest
 from .paths import Layout
 from .stages import (base, baseline, compare, deploy, evaluate, gguf, ingest, merge, mix, quantize,
-                     render, report, score, train)
+                     render, report, score, site, train)
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def _stage(module) -> Stage:
 STAGES = (
     _stage(ingest), _stage(score), _stage(mix), _stage(base), _stage(baseline), _stage(render),
     _stage(train), _stage(merge), _stage(gguf), _stage(quantize), _stage(deploy), _stage(evaluate),
-    _stage(compare), _stage(report),
+    _stage(compare), _stage(report), _stage(site),
 )
 
 

@@ -30,6 +30,13 @@ def colour(index: int, base: bool = False) -> str:
     return BASE_COLOUR if base else PALETTE[index % len(PALETTE)]
 
 
+def _tint(name: str, index: int, order: Optional[Sequence[str]], base: bool = False) -> str:
+    """A series' colour: by its name's place in `order` (the family's), else by position."""
+    if order is not None and name in order:
+        index = list(order).index(name)
+    return colour(index, base)
+
+
 def chart_id(*parts: str) -> str:
     """A canvas id from names (which are slugs already, but ids must not depend on that)."""
     return "chart-" + "-".join(re.sub(r"[^a-z0-9_-]+", "-", p.lower()) for p in parts)
@@ -55,20 +62,26 @@ def _count(datasets: Sequence[dict]) -> int:
 
 
 def line(id: str, title: str, series: Sequence[tuple[str, Sequence[tuple[float, Optional[float]]]]],
-         x: str, y: str, caption: str = "") -> Chart:
-    """Lines over a numeric x axis: `series` is ``[(label, [(x, y), ...]), ...]``."""
+         x: str, y: str, caption: str = "", order: Optional[Sequence[str]] = None,
+         whole_x: bool = False) -> Chart:
+    """Lines over a numeric x axis: `series` is ``[(label, [(x, y), ...]), ...]``; `whole_x`
+    puts ticks on whole numbers only (versions, not steps)."""
     datasets = [{"label": label, "data": [{"x": px, "y": py} for px, py in points],
-                 "borderColor": colour(i), "backgroundColor": colour(i), "pointRadius": 2,
-                 "spanGaps": True}
+                 "borderColor": _tint(label, i, order), "backgroundColor": _tint(label, i, order),
+                 "pointRadius": 3, "spanGaps": True}
                 for i, (label, points) in enumerate(series)]
-    return Chart(id, caption, {"type": "line", "data": {"datasets": datasets},
-                               "options": _options(title, x, y, x_linear=True)}, _count(datasets))
+    options = _options(title, x, y, x_linear=True)
+    if whole_x:
+        options["scales"]["x"]["ticks"] = {"stepSize": 1, "precision": 0}
+    return Chart(id, caption, {"type": "line", "data": {"datasets": datasets}, "options": options},
+                 _count(datasets))
 
 
 def bars(id: str, title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequence[Optional[float]]]],
-         y: str, caption: str = "", y_range: Optional[tuple] = None, x: Optional[str] = None) -> Chart:
+         y: str, caption: str = "", y_range: Optional[tuple] = None, x: Optional[str] = None,
+         order: Optional[Sequence[str]] = None) -> Chart:
     """Grouped bars: one bar per label for each of `series` (``[(name, values), ...]``)."""
-    datasets = [{"label": name, "data": list(values), "backgroundColor": colour(i)}
+    datasets = [{"label": name, "data": list(values), "backgroundColor": _tint(name, i, order)}
                 for i, (name, values) in enumerate(series)]
     return Chart(id, caption, {"type": "bar", "data": {"labels": list(labels), "datasets": datasets},
                                "options": _options(title, x or "", y, y_range)}, _count(datasets))
@@ -76,14 +89,17 @@ def bars(id: str, title: str, labels: Sequence[str], series: Sequence[tuple[str,
 
 def error_bars(id: str, title: str, labels: Sequence[str],
                series: Sequence[tuple[str, Sequence[Optional[tuple[float, float, float]]], bool]],
-               y: str, caption: str = "", y_range: Optional[tuple] = None) -> Chart:
+               y: str, caption: str = "", y_range: Optional[tuple] = None,
+               order: Optional[Sequence[str]] = None) -> Chart:
     """Grouped bars with interval whiskers (chartjs-chart-error-bars): `series` is
     ``[(name, [(value, low, high) or None, ...], is_base), ...]``."""
     datasets = []
     index = 0
     for name, values, is_base in series:
-        data = [None if v is None else {"y": v[0], "yMin": v[1], "yMax": v[2]} for v in values]
-        datasets.append({"label": name, "data": data, "backgroundColor": colour(index, is_base)})
+        # A missing value is an object of nulls: the plugin reads yMin of every item.
+        data = [{"y": None, "yMin": None, "yMax": None} if v is None else {"y": v[0], "yMin": v[1], "yMax": v[2]}
+                for v in values]
+        datasets.append({"label": name, "data": data, "backgroundColor": _tint(name, index, order, is_base)})
         index += 0 if is_base else 1
     return Chart(id, caption, {"type": "barWithErrorBars",
                                "data": {"labels": list(labels), "datasets": datasets},
@@ -91,14 +107,15 @@ def error_bars(id: str, title: str, labels: Sequence[str],
 
 
 def radar(id: str, title: str, labels: Sequence[str],
-          series: Sequence[tuple[str, Sequence[Optional[float]], bool]], caption: str = "") -> Chart:
+          series: Sequence[tuple[str, Sequence[Optional[float]], bool]], caption: str = "",
+          order: Optional[Sequence[str]] = None) -> Chart:
     """Scores per category as a radar: at most :data:`RADAR_MAX` models."""
     if len(series) > RADAR_MAX:
         raise ValueError(f"a radar of {len(series)} models; at most {RADAR_MAX} are readable")
     datasets = []
     index = 0
     for name, values, is_base in series:
-        tint = colour(index, is_base)
+        tint = _tint(name, index, order, is_base)
         datasets.append({"label": name, "data": list(values), "borderColor": tint,
                          "backgroundColor": tint + "33", "pointBackgroundColor": tint, "spanGaps": True})
         index += 0 if is_base else 1

@@ -77,7 +77,7 @@ def dashboard(manifest: Manifest) -> dict:
     out: dict = {"categories": categories, "models": list(models), "base_label": base_label if base else None}
     out["scores"] = charts.error_bars(
         "chart-family-categories", "Score per category, every model and the base (95% interval)", categories,
-        series, "mean score", y_range=(0, 1),
+        series, "mean score", y_range=(0, 1), order=list(manifest.specialists),
         caption="The base is asked every question its specialists are asked, with each one's system "
                 "prompt; its bars pool those answers.") if series and categories else None
 
@@ -91,7 +91,7 @@ def dashboard(manifest: Manifest) -> dict:
     out["radar"] = charts.radar(
         "chart-family-radar", "Mean score per category", categories,
         [(n, [round(sum(m[c]) / len(m[c]), 4) if m.get(c) else None for c in categories], b) for _, n, m, b in shown],
-        caption=f"The {len(shown)} best-scoring models overall" +
+        order=list(manifest.specialists), caption=f"The {len(shown)} best-scoring models overall" +
                 (f"; not shown: {', '.join(n for _, n, _, _ in left)}" if left else "")) if shown and categories else None
     out["speed"], out["quants"], out["quant_rows"] = _speed_and_quants(manifest)
     out["history"], out["history_rows"] = _history(manifest)
@@ -121,7 +121,7 @@ def _speed_and_quants(manifest: Manifest) -> tuple[Optional[charts.Chart], Optio
     table = {(r["specialist"], r["kind"]): r for r in rows}
     quants = charts.bars("chart-family-quants", "Replies identical to the F16's, per type", kinds,
                          [(n, [(table.get((n, k)) or {}).get("agreement_with_f16") for k in kinds]) for n in names],
-                         "fraction of replies", y_range=(0, 1),
+                         "fraction of replies", y_range=(0, 1), order=list(manifest.specialists),
                          caption="What a quantization costs in answers: the share of questions its "
                                  "file answers exactly as the F16 does.") if rows else None
     return speed, quants, rows
@@ -137,7 +137,8 @@ def _history(manifest: Manifest) -> tuple[Optional[charts.Chart], list]:
         series.append((spec.name, [(i + 1, p.get("own_mean")) for i, p in enumerate(past)]))
         rows += [{"specialist": spec.name, "number": i + 1, **p} for i, p in enumerate(past)]
     chart = charts.line("chart-family-history", "Own-category score of each version", series,
-                        "version (in build order)", "mean score") if series else None
+                        "version (in build order)", "mean score", order=list(manifest.specialists),
+                        whole_x=True) if series else None
     return chart, rows
 
 

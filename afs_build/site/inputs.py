@@ -43,7 +43,9 @@ def specialist_inputs(manifest: Manifest, name: str) -> list[Path]:
     layout = Layout.of(manifest)
     spec = manifest.specialists[name]
     post = layout.post(name)
-    files = [post.gguf_report, post.quantize_report, layout.deploy(name).report]
+    # Not deploy.json: what the page quotes of it follows the manifest slice (site tasks have
+    # their own), and a task that file_deps it would make doit restart stopped servers first.
+    files = [post.gguf_report, post.quantize_report]
     if spec.train:
         files += [layout.mix(name).stats, layout.train(name).summary, post.merge_report]
         for source in manifest.mixes[spec.mix].sources:
@@ -69,6 +71,11 @@ def family_inputs(manifest: Manifest) -> list[Path]:
         files.append(layout.family_report)
     files += [spec_file(name) for name in SCHEMAS]
     return _unique(files)
+
+
+def lock_file() -> Path:
+    """The npm lock file pinning Chart.js: a new version rebuilds the site."""
+    return Path(__file__).resolve().parent / "js" / "package-lock.json"
 
 
 def pages(manifest: Manifest) -> list[Path]:

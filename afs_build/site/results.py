@@ -56,7 +56,8 @@ def flatten(value: dict, known: set, prefix: str = "") -> list[tuple[str, object
 
 
 def benchmark(name: str, summary: Optional[dict], compare: Optional[dict], results: Sequence[dict],
-              base_results: Sequence[dict], seed: int, base_label: str) -> Optional[dict]:
+              base_results: Sequence[dict], seed: int, base_label: str,
+              order: Optional[Sequence[str]] = None) -> Optional[dict]:
     """The scores per category against the base, the verdict and whatever else was measured."""
     if summary is None and not results:
         return None
@@ -81,7 +82,7 @@ def benchmark(name: str, summary: Optional[dict], compare: Optional[dict], resul
     if base_results:
         series.append((base_label, [mean_interval(base.get(c, []), seed) for c in categories], True))
     chart = charts.error_bars(charts.chart_id(name, "categories"), "Score per category (95% interval)",
-                              categories, series, "mean score", y_range=(0, 1),
+                              categories, series, "mean score", y_range=(0, 1), order=order,
                               caption="Bars are mean scores; whiskers their seeded 95% bootstrap "
                                       "interval over the questions.") if categories else None
     return {"summary": summary, "compare": compare, "rows": rows, "groups": groups, "chart": chart,

@@ -34,7 +34,11 @@
       config.options = config.options || {};
       config.options.plugins = config.options.plugins || {};
       config.options.plugins.tooltip = { callbacks: { label: label } };
-      charts.push(new Chart(canvas, config));
+      try {
+        charts.push(new Chart(canvas, config));
+      } catch (error) {  // one bad chart must not keep the others from drawing
+        console.error("afs: chart " + canvas.id + " failed: " + error);
+      }
     });
   }
 
