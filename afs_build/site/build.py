@@ -27,8 +27,9 @@ JS_FOLDER = Path(__file__).resolve().parent / "js"
 # site asset name -> file in node_modules (each with its source map and licence beside it)
 VENDOR = {"chart.umd.min.js": "chart.js/dist/chart.umd.min.js",
           "chartjs-chart-error-bars.umd.min.js": "chartjs-chart-error-bars/build/index.umd.min.js"}
-LICENCES = {"chart.js-LICENSE.md": "chart.js/LICENSE.md",
-            "chartjs-chart-error-bars-LICENSE": "chartjs-chart-error-bars/LICENSE"}
+# .txt: a .md file under docs/ would become a page
+LICENCES = {"chart.js-LICENSE.txt": "chart.js/LICENSE.md",
+            "chartjs-chart-error-bars-LICENSE.txt": "chartjs-chart-error-bars/LICENSE"}
 OWN_ASSETS = ("afs-site.js", "afs-site.css")
 
 

@@ -99,9 +99,9 @@ def kinds(schema: dict) -> list[tuple[str, str]]:
     return out
 
 
-def section(title: str, schema: dict, anchor: str) -> dict:
+def section(title: str, schema: dict, anchor: str, prefix: str = "") -> dict:
     return {"title": title, "anchor": anchor, "description": schema.get("description", ""),
-            "rows": rows(schema), "kinds": kinds(schema)}
+            "rows": rows(schema, prefix), "kinds": kinds(schema)}
 
 
 def context() -> dict:
@@ -109,7 +109,7 @@ def context() -> dict:
     manifest = _load("manifest.schema.json")
     top = []
     for key, sub in (manifest.get("properties") or {}).items():
-        block = section(key, sub, f"manifest-{key}")
+        block = section(key, sub, f"manifest-{key}", f"{key}.")
         if not block["rows"]:  # a named map: its one row says what each entry is
             block["rows"] = [{"key": f"{key}.<name>", "type": type_text(sub), "default": default_text(
                 sub, key in (manifest.get("required") or [])), "description": sub.get("description", ""),
