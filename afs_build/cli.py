@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                        "upstream runs; `doit site` brings it up to date first); --serve shows it")
     p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
     p.add_argument("--serve", action="store_true", help="then serve the built site on 127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+    p.add_argument("--port", type=int, default=None, help="port for --serve (default: site.url's, "
+                   "where instant navigation works)")
     p.add_argument("--no-build", action="store_true", help="with --serve: serve the site as last built")
     p.set_defaults(func=cmd_site)
 
@@ -326,9 +327,11 @@ def cmd_site(args: argparse.Namespace) -> int:
     if args.serve:
         if not (folder / "index.html").is_file():
             raise AfsError(f"no built site in {folder}; build it with: afs site -m {args.manifest}")
+        from urllib.parse import urlparse
+
         from .site.serve import serve
 
-        serve(folder, args.port)
+        serve(folder, args.port if args.port is not None else (urlparse(manifest.site.url).port or 8000))
     return 0
 
 

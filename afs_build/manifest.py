@@ -249,6 +249,7 @@ class Eval:
 class Site:
     title: str
     dir: str
+    url: str
     instant_navigation: bool
 
 

@@ -95,7 +95,7 @@ def family_pages(manifest: Manifest) -> list[Path]:
     _copy_reports(layout, site)
     write_assets(site)
     render.write(site.config, render.render(
-        "mkdocs.yml.j2", title=manifest.site.title,
+        "mkdocs.yml.j2", title=manifest.site.title, url=manifest.site.url,
         instant=manifest.site.instant_navigation, scripts=scripts(), manifest_file=manifest.file.name,
         specialists=list(manifest.specialists.values())))
     return written

@@ -4,8 +4,8 @@ Values from the build (replies, prompts, file names, reasons) reach the pages on
 blocks, through Jinja's HTML escaping: Markdown passes such blocks through untouched, so a
 reply that holds ``<script>`` is shown as text and never runs. Where a value must sit in
 Markdown itself (a heading), the ``md`` filter also escapes Markdown's own syntax. Chart data
-is embedded as JSON in ``<script type="application/json">`` with ``<``, ``>`` and ``&``
-written as ``\\u`` escapes, so no value can close the script element.
+is JSON in the canvas's ``data-afs-chart`` attribute, HTML-escaped like every other value: not
+a ``<script>`` element, which Material's instant navigation would run as JavaScript.
 """
 
 from __future__ import annotations
@@ -20,18 +20,12 @@ from ..atomic import atomic_path
 from ..resources import templates_dir
 from .formats import FILTERS
 
-_JSON_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]#|])")
 
 
-def json_script(value: Any):
-    """`value` as JSON that is safe inside a ``<script type="application/json">`` element."""
-    from markupsafe import Markup
-
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    for char, escape in _JSON_UNSAFE.items():
-        text = text.replace(char, escape)
-    return Markup(text)
+def json_text(value: Any) -> str:
+    """`value` as compact JSON text, to be HTML-escaped into an attribute like any value."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def markdown_text(value: Any):
@@ -52,7 +46,7 @@ def environment():
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True)
     env.filters.update(FILTERS)
-    env.filters["json_script"] = json_script
+    env.filters["json_text"] = json_text
     env.filters["md"] = markdown_text
     return env
 

@@ -3,8 +3,9 @@
  * Material's instant navigation swaps the page content without reloading, so nothing here
  * runs once at start-up only: Material's document$ emits each page load (and the first one),
  * and without Material (or with instant navigation off) the first load is caught directly.
- * Chart data lives in <script type="application/json"> beside each canvas; charts whose
- * canvas has left the page are destroyed so instant navigation does not leak them.
+ * Chart data is JSON in each canvas's data-afs-chart attribute (a <script> holding data would be
+ * run as JavaScript by instant navigation); charts whose canvas has left the page are destroyed
+ * so instant navigation does not leak them.
  */
 (function () {
   "use strict";
@@ -28,9 +29,7 @@
     if (typeof Chart === "undefined") return;
     root.querySelectorAll("canvas[data-afs-chart]").forEach(function (canvas) {
       if (Chart.getChart(canvas)) return;
-      var source = document.getElementById(canvas.getAttribute("data-afs-chart"));
-      if (!source) return;
-      var config = JSON.parse(source.textContent);
+      var config = JSON.parse(canvas.getAttribute("data-afs-chart"));
       config.options = config.options || {};
       config.options.plugins = config.options.plugins || {};
       config.options.plugins.tooltip = { callbacks: { label: label } };

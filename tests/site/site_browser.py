@@ -35,14 +35,14 @@ def chromium() -> str:
 
 
 @contextlib.contextmanager
-def http_server(folder: Path) -> Iterator[str]:
-    """Serve `folder` on a free loopback port; yields its base URL."""
+def http_server(folder: Path, port: int = 0) -> Iterator[str]:
+    """Serve `folder` on loopback (a free port unless given); yields its base URL."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Quiet, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -261,3 +261,11 @@ Array.from(document.querySelectorAll('canvas[data-afs-chart]')).map(function (ca
 LINKS_JS = """
 Array.from(document.querySelectorAll('a[href]')).map(function (a) { return a.href; })
 """
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
