@@ -308,8 +308,16 @@ def check_deploy(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
         yield pos.problem(("deploy", "host"), why)
 
 
+def check_retrieval(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
+    """Indexes name sources of kinds that can be indexed and files that exist; specialists name
+    indexes that exist."""
+    from .retrieval.checks import retrieval_problems
+
+    yield from retrieval_problems(data, pos, root)
+
+
 CHECKS = (check_models, check_architectures, check_specialists, check_ports, check_mixes, check_sources,
-          check_hardware_fit, check_eval, check_sequence_room, check_deploy, check_quality)
+          check_hardware_fit, check_eval, check_sequence_room, check_deploy, check_quality, check_retrieval)
 
 
 def warnings(data: dict, pos: Positions) -> list[Problem]:

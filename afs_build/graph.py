@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 
 from .manifest import Manifest
 from .paths import Layout
-from .stages import (base, baseline, compare, deploy, evaluate, gguf, ingest, merge, mix, quantize,
-                     render, report, score, site, train)
+from .stages import (base, baseline, compare, deploy, evaluate, gguf, index, ingest, merge, mix,
+                     quantize, render, report, score, site, train)
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,9 @@ def _stage(module) -> Stage:
 
 # The pipeline in order.
 STAGES = (
-    _stage(ingest), _stage(score), _stage(mix), _stage(base), _stage(baseline), _stage(render),
-    _stage(train), _stage(merge), _stage(gguf), _stage(quantize), _stage(deploy), _stage(evaluate),
-    _stage(compare), _stage(report), _stage(site),
+    _stage(ingest), _stage(score), _stage(index), _stage(mix), _stage(base), _stage(baseline),
+    _stage(render), _stage(train), _stage(merge), _stage(gguf), _stage(quantize), _stage(deploy),
+    _stage(evaluate), _stage(compare), _stage(report), _stage(site),
 )
 
 

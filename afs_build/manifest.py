@@ -168,6 +168,17 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class SpecialistRetrieval:
+    """A specialist retrieves from `index` before answering (see afs_build/retrieval)."""
+
+    index: str
+    top_k: int
+    context_chars: int
+    train_context: bool
+    cite: bool
+
+
+@dataclass(frozen=True)
 class Specialist:
     name: str
     role: str
@@ -195,6 +206,7 @@ class Specialist:
     port: int
     context_length: int
     sampling: Sampling
+    retrieval: Optional[SpecialistRetrieval]
 
     @property
     def title(self) -> str:
@@ -246,6 +258,60 @@ class Eval:
 
 
 @dataclass(frozen=True)
+class Embedding:
+    path: Optional[str]
+    gguf: Optional[str]
+    batch_size: int
+    max_tokens: int
+    query_prefix: str
+    document_prefix: str
+    threads: Optional[int]
+
+
+@dataclass(frozen=True)
+class Chunking:
+    code_max_lines: int
+    code_overlap_lines: int
+    prose_max_chars: int
+    prose_overlap_chars: int
+
+
+@dataclass(frozen=True)
+class Search:
+    mode: str
+    candidates: int
+    rrf_k: float
+    lexical_weight: float
+    dense_weight: float
+    connectivity: int
+    expansion_add: int
+    expansion_search: int
+
+
+@dataclass(frozen=True)
+class RetrievalIndex:
+    """One retrieval index (``retrieval.indexes.<name>``), built by ``index:<name>``."""
+
+    name: str
+    description: str
+    sources: tuple[str, ...]
+    paths: tuple[str, ...]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    respect_gitignore: bool
+    max_file_kb: int
+    questions: Optional[str]
+    embedding: Embedding
+    chunking: Chunking
+    search: Search
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    indexes: FrozenMap  # name -> RetrievalIndex
+
+
+@dataclass(frozen=True)
 class Site:
     title: str
     dir: str
@@ -271,6 +337,7 @@ class Manifest:
     deploy: Deploy
     eval: Eval
     site: Site
+    retrieval: Retrieval
 
     def resolve(self, relative: str) -> Path:
         """A manifest-relative path (``~`` expanded) as an absolute path."""
@@ -305,6 +372,10 @@ def _convert(hint: Any, value: Any) -> Any:
     if typing.get_origin(hint) is typing.Union and value is not None and any(
             typing.get_origin(a) is tuple for a in typing.get_args(hint)):
         return tuple(value)
+    if typing.get_origin(hint) is typing.Union and isinstance(value, Mapping):
+        for arg in typing.get_args(hint):  # Optional[<dataclass>] given as a mapping
+            if dataclasses.is_dataclass(arg):
+                return _build(arg, value)
     if hint is FrozenMap:
         return FrozenMap(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -347,6 +418,7 @@ def from_data(data: Mapping, file: Path, digest: str = "") -> Manifest:
         deploy=_build(Deploy, data["deploy"]),
         eval=_build(Eval, data["eval"]),
         site=_build(Site, data["site"]),
+        retrieval=Retrieval(indexes=_named(RetrievalIndex, data["retrieval"]["indexes"])),
     )
 
 

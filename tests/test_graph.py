@@ -109,7 +109,7 @@ def test_doit_list_shows_every_task_with_its_doc(project, minimal):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [
-        "ingest", "ingest:chat", "score", "score:chat", "mix", "mix:alpha", "mix:beta",
+        "ingest", "ingest:chat", "score", "score:chat", "index", "mix", "mix:alpha", "mix:beta",
         "base", "base:tiny", "baseline", "render", "render:alpha", "render:beta", "train", "train:alpha",
         "train:beta", "merge", "merge:alpha", "merge:beta", "gguf", "gguf:alpha", "gguf:beta",
         "quantize", "quantize:alpha", "quantize:beta", "deploy", "deploy:alpha", "deploy:beta",

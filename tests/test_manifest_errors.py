@@ -44,8 +44,8 @@ def test_unknown_key_suggests_the_right_one(project):
         f"{path}:9:5: specialists.alpha.learnig_rate: unknown key 'learnig_rate'; expected one of: "
         "'base', 'base_precision', 'batch_size', 'categories', 'checkpoint_every', 'context_length', "
         "'description', 'epochs', 'grad_accum', 'gradient_checkpointing', 'hardware', "
-        "'learning_rate', 'lora', 'max_seq_len', 'mix', 'packing', 'port', 'quantize', 'role', "
-        "'sampling', 'serve_quant', 'system_prompt', 'train', 'version', 'warmup_ratio' "
+        "'learning_rate', 'lora', 'max_seq_len', 'mix', 'packing', 'port', 'quantize', 'retrieval', "
+        "'role', 'sampling', 'serve_quant', 'system_prompt', 'train', 'version', 'warmup_ratio' "
         "(did you mean 'learning_rate'?)"]
 
 

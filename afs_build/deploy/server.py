@@ -47,7 +47,8 @@ PORT_WAIT_SECONDS = 2.0
 LOG_TAIL_LINES = 20
 # What the served process runs: a change restarts a running server on the next deploy.
 SERVING_CODE = ("serve.py", "deploy/access.py", "deploy/guard.py", "deploy/request_checks.py",
-                "deploy/logpump.py")
+                "deploy/logpump.py", "retrieval/endpoints.py", "retrieval/context.py",
+                "retrieval/search.py")
 
 
 def serving_code() -> str:
@@ -175,7 +176,8 @@ def _gguf_identity(gguf: Path) -> dict[str, Any]:
 
 
 def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: Path,
-          log_file: Path, key: Optional[str] = None, timeout: float = 60) -> dict:
+          log_file: Path, key: Optional[str] = None, timeout: float = 60,
+          retrieval: Optional[Path] = None) -> dict:
     """Serve `gguf` as `name` on `host`:`port` in the background; return its pid record.
 
     The record carries an ``action``: ``started``; ``restarted`` (afs's server for `name` was
@@ -192,6 +194,8 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
                          f"first (afs build)")
     wanted = {**_gguf_identity(gguf), "host": host, "port": port, "n_ctx": n_ctx,
               "auth": key is not None, "code": serving_code()}
+    if retrieval is not None:  # its settings are part of what is served: a change restarts
+        wanted["retrieval"] = Path(retrieval).read_text(encoding="utf-8")
     record = read_pid_file(pid_file)
     pids = running(pid_file)
     if record is not None and pids[:1] == [record.get("pid")] and len(pids) == 1 \
@@ -216,6 +220,8 @@ def start(name: str, gguf: Path, *, host: str, port: int, n_ctx: int, pid_file: 
                "--max-body-bytes", str(serve.max_body_bytes(n_ctx)),
                "--pid-file", str(pid_file), "--token", token]
     env = served_env(key)
+    if retrieval is not None:
+        command += ["--retrieval", str(Path(retrieval).absolute())]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     with open(log_file, "ab") as log:

@@ -46,10 +46,14 @@ class Endpoint:
         return f"http://{host}:{self.port}/v1/chat/completions"
 
 
-def chat(endpoint: Endpoint, messages: list[dict], max_tokens: int, timeout: float = 600.0) -> dict:
-    """One greedy chat completion: {"reply", "latency_s", "completion_tokens"}."""
+def chat(endpoint: Endpoint, messages: list[dict], max_tokens: int, timeout: float = 600.0,
+         extra: Optional[dict] = None) -> dict:
+    """One greedy chat completion: {"reply", "latency_s", "completion_tokens", "retrieved"}.
+
+    `extra` goes into the request body (``{"retrieval": False}`` turns retrieval off).
+    """
     body = json.dumps({"model": endpoint.name, "messages": messages, "max_tokens": max_tokens,
-                       "temperature": 0.0, "seed": 0}).encode()
+                       "temperature": 0.0, "seed": 0, **(extra or {})}).encode()
     headers = {"Content-Type": "application/json"}
     if endpoint.key:
         headers["Authorization"] = f"Bearer {endpoint.key}"
@@ -72,16 +76,18 @@ def chat(endpoint: Endpoint, messages: list[dict], max_tokens: int, timeout: flo
         raise StageError(f"the server of {endpoint.name!r} on port {endpoint.port} sent no reply: "
                          f"{json.dumps(data)[:300]}") from None
     tokens = (data.get("usage") or {}).get("completion_tokens")
+    retrieved = (data.get("retrieval") or {}).get("chunks") if isinstance(data.get("retrieval"), dict) else None
     return {"reply": reply, "latency_s": round(latency, 4),
-            "completion_tokens": tokens if isinstance(tokens, int) else None}
+            "completion_tokens": tokens if isinstance(tokens, int) else None,
+            "retrieved": [f"{c['file']}:{c['start_line']}-{c['end_line']}" for c in retrieved] if retrieved else None}
 
 
-def ask(endpoint: Endpoint, question: dict, system_prompt: str) -> dict:
+def ask(endpoint: Endpoint, question: dict, system_prompt: str, extra: Optional[dict] = None) -> dict:
     """The specialist's answer to one question, timed."""
     system = question["system"] if question["system"] is not None else system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": question["question"]}]
-    return chat(endpoint, messages, question["max_tokens"])
+    return chat(endpoint, messages, question["max_tokens"], extra=extra)
 
 
 def judge(judges: Sequence[Endpoint], question: dict, reply: str) -> tuple[float, list[dict]]:
@@ -103,13 +109,16 @@ def judge(judges: Sequence[Endpoint], question: dict, reply: str) -> tuple[float
 
 def run(endpoint: Endpoint, questions: Sequence[dict], *, system_prompt: str, run_id: str,
         judges: Sequence[Endpoint] = (), model_file: Optional[str] = None, quant: Optional[str] = None,
-        advance: Callable[[], None] = lambda: None) -> list[dict]:
-    """Every question asked and graded: one result (specs/result.schema.json) per question."""
+        advance: Callable[[], None] = lambda: None, extra: Optional[dict] = None) -> list[dict]:
+    """Every question asked and graded: one result (specs/result.schema.json) per question.
+
+    `extra` goes into each request body (see :func:`chat`); judges are asked without it.
+    """
     # nobody grades their own answers, unless it is the only judge there is
     others = [j for j in judges if j.name != endpoint.name]
     results = []
     for question in questions:
-        answer = ask(endpoint, question, system_prompt)
+        answer = ask(endpoint, question, system_prompt, extra)
         if question["grading"] == "judge":
             judging = others or list(judges)
             score, judgements = judge(judging, question, answer["reply"])
@@ -125,6 +134,8 @@ def run(endpoint: Endpoint, questions: Sequence[dict], *, system_prompt: str, ru
             "tokens_per_second": round(tokens / answer["latency_s"], 2) if tokens and answer["latency_s"] > 0 else None,
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
+        if answer.get("retrieved"):
+            results[-1]["retrieved"] = answer["retrieved"]
         advance()
     return results
 

@@ -104,6 +104,11 @@ def run(manifest: Manifest, name: str) -> None:
     report["quantization"] = quants
     version = model_version(layout, name, spec)
     report["version"] = version
+    from ..retrieval.effect import line as retrieval_line, section
+
+    report["retrieval"] = section(manifest, name)  # with and without retrieval (eval:<name>)
+    if report["retrieval"]:
+        log.event(retrieval_line(spec.title, report["retrieval"]), task=task_name, specialist=name)
     report["regression"] = record_version(files.history, version, mine, own, manifest.eval.seed)
     files.folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(files.base_results, base_results)

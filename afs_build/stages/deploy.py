@@ -31,7 +31,10 @@ def deploy_slice(manifest: Manifest, name: str) -> dict:
     spec = manifest.specialists[name]
     keep = ("role", "version", "description", "system_prompt", "port", "context_length",
             "sampling", "serve_quant", "quantize")
-    return {"specialist": {k: getattr(spec, k) for k in keep}, "deploy": manifest.deploy}
+    served = {k: getattr(spec, k) for k in keep}
+    if spec.retrieval is not None:  # only then: the others' slices stay what they were
+        served["retrieval"] = spec.retrieval
+    return {"specialist": served, "deploy": manifest.deploy}
 
 
 def digest(manifest: Manifest, name: str) -> str:
@@ -52,14 +55,17 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
     layout = Layout.of(manifest)
     for spec in manifest.specialists.values():
         files = layout.deploy(spec.name)
+        # A retrieving specialist's server searches its index: built first, settings beside.
+        index = [spec.retrieval.index] if spec.retrieval else []
         yield {
             "name": f"{NAME}:{spec.name}",
             "doc": f"Deploy {spec.title} to LM Studio and Ollama files and serve it on port {spec.port}.",
             "actions": [(run, [manifest, spec.name])],
-            "file_dep": [str(layout.post(spec.name).quantize_report)] + input_files(),
-            "task_dep": [f"quantize:{spec.name}"],
+            "file_dep": [str(layout.post(spec.name).quantize_report)] + input_files()
+            + [str(layout.index(i).report) for i in index],
+            "task_dep": [f"quantize:{spec.name}"] + [f"index:{i}" for i in index],
             "targets": [str(files.report), str(files.modelfile), str(files.preset),
-                        str(files.lmstudio_script)],
+                        str(files.lmstudio_script)] + [str(files.retrieval) for _ in index],
             "uptodate": [SliceChanged(f"specialists.{spec.name} (serving)", deploy_slice(manifest, spec.name)),
                          ServerHealthy(manifest.deploy.host, spec.port, spec.name,
                                        key_variable(manifest.deploy))],
@@ -95,10 +101,15 @@ def run(manifest: Manifest, name: str) -> None:
                                      script=files.lmstudio_script, record=files.installed,
                                      digest=stamp)
             ollama.write_modelfile(manifest, name, gguf, files.modelfile, stamp)
+        retrieval = None
+        if spec.retrieval is not None:
+            retrieval = files.retrieval
+            write_json(retrieval, {"manifest": str(manifest.file), "specialist": name,
+                                   "index": spec.retrieval.index})
         with log.step(task, f"serving on {host}:{spec.port}", specialist=name):
             served = server.start(name, gguf, host=host, port=spec.port,
                                   n_ctx=spec.context_length, pid_file=files.pid,
-                                  log_file=files.server_log, key=key)
+                                  log_file=files.server_log, key=key, retrieval=retrieval)
         write_json(files.report, {
             "specialist": name, "gguf": str(gguf), "lmstudio": studio,
             "modelfile": str(files.modelfile), "digest": stamp, "auth": key is not None,

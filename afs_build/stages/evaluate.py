@@ -1,4 +1,9 @@
-"""Ask each served specialist the benchmark suite and grade its replies (eval:<specialist>)."""
+"""Ask each served specialist the benchmark suite and grade its replies (eval:<specialist>).
+
+A specialist that retrieves is asked twice, with retrieval and with it turned off, and the
+difference per category is kept beside its results. Each index with questions gets its
+retrieval quality measured (eval:index:<name>).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from .. import log
 from ..atomic import write_json
 from ..manifest import Manifest
 from ..paths import Layout
-from ..uptodate import SliceChanged
-from .common import action
+from ..uptodate import SliceChanged, code_files
+from .common import action, task
 
 NAME = "eval"
 
@@ -20,11 +25,14 @@ def eval_slice(manifest: Manifest, name: str) -> dict:
     from ..deploy.server import served_kind
 
     spec = manifest.specialists[name]
-    return {"eval": manifest.eval, "system_prompt": spec.system_prompt, "served": served_kind(spec)}
+    # A retrieving specialist's replies also depend on its retrieval settings (only then in the
+    # slice, so the others' slices are what they were).
+    return {"eval": manifest.eval, "system_prompt": spec.system_prompt, "served": served_kind(spec),
+            **({"retrieval": spec.retrieval} if spec.retrieval else {})}
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
-
+    yield from index_tasks(manifest)
     if not manifest.eval.suite:  # no benchmark to ask
         return
     layout = Layout.of(manifest)
@@ -38,9 +46,11 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
             "doc": f"Ask {spec.title} the benchmark suite on its server and grade the replies.",
             "actions": [(run, [manifest, spec.name])],
             # the quantize reports are written last: they change when a served file does
-            "file_dep": [suite] + [str(layout.post(n).quantize_report) for n in served],
+            "file_dep": [suite] + [str(layout.post(n).quantize_report) for n in served]
+            + ([str(layout.index(spec.retrieval.index).report)] if spec.retrieval else []),
             "task_dep": [f"deploy:{n}" for n in served],
-            "targets": [str(files.results), str(files.summary)],
+            "targets": [str(files.results), str(files.summary)]
+            + ([str(files.without_retrieval), str(files.retrieval_effect)] if spec.retrieval else []),
             "uptodate": [SliceChanged(f"eval ({spec.name})", eval_slice(manifest, spec.name))],
             "clean": True,
         }
@@ -72,8 +82,45 @@ def run(manifest: Manifest, name: str) -> None:
         summary = benchmark.summarize(name, results, thresholds.min_score, thresholds.min_tokens_per_second)
         extra.update(mean_score=summary["mean_score"], tokens_per_second=summary["tokens_per_second"])
     files.folder.mkdir(parents=True, exist_ok=True)
+    if spec.retrieval is not None:  # the same questions without retrieval, for the difference
+        from ..retrieval.effect import effect
+
+        with log.step(task, "asking again without retrieval", specialist=name), \
+                log.progress(task, len(mine)) as advance:
+            plain = benchmark.run(endpoint, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
+                                  judges=judges, model_file=gguf.relative_to(layout.build).as_posix(),
+                                  quant=served_kind(spec), advance=advance, extra={"retrieval": False})
+        write_jsonl(files.without_retrieval, plain)
+        write_json(files.retrieval_effect, effect(manifest, name, questions, results, plain))
     write_jsonl(files.results, results)
     write_json(files.summary, summary)
     if summary["failures"]:
         raise StageError(f"{spec.title} does not meet the pass marks: {'; '.join(summary['failures'])} "
                          f"(replies in {files.results})")
+
+
+def index_tasks(manifest: Manifest) -> Iterator[dict]:
+    """eval:index:<name>: recall@k and MRR of each index on its questions."""
+    layout = Layout.of(manifest)
+    for name, index in manifest.retrieval.indexes.items():
+        if not index.questions:
+            continue
+        files = layout.index(name)
+        yield task(f"{NAME}:index:{name}", f"Measure recall@k and MRR of index {name} on {index.questions}.",
+                   run_index, manifest, name,
+                   file_dep=[manifest.resolve(index.questions), files.report]
+                   + code_files("retrieval/quality.py", "retrieval/search.py", "retrieval/fusion.py"),
+                   task_dep=[f"index:{name}"], targets=[files.quality],
+                   uptodate=[SliceChanged(f"retrieval.indexes.{name}.search", index.search)])
+
+
+@action(NAME)
+def run_index(manifest: Manifest, name: str) -> None:
+    from ..retrieval.quality import measure
+
+    report = measure(manifest, name)
+    for mode, row in report["modes"].items():
+        o = row["overall"]
+        log.event(f"index {name}, {mode}: recall@1 {o['recall@1']:.2f}, @5 {o['recall@5']:.2f}, "
+                  f"@10 {o['recall@10']:.2f}, MRR {o['mrr']:.2f} ({o['questions']} questions)",
+                  task=f"{NAME}:index:{name}")

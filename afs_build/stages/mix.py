@@ -23,7 +23,10 @@ def slices(manifest: Manifest, specialist: str) -> list:
     """The manifest slices a specialist's mix reads."""
 
     spec = manifest.specialists[specialist]
+    # Always present (None when off), so that turning train_context off mixes again.
+    context = spec.retrieval if spec.retrieval and spec.retrieval.train_context else None
     return [
+        SliceChanged(f"specialists.{specialist}.retrieval (training context)", context),
         SliceChanged(f"specialists.{specialist}.mix", spec.mix),
         SliceChanged(f"mixes.{spec.mix}", {"mix": manifest.mixes[spec.mix], "mixer": MIXER_VERSION}),
         SliceChanged("dedup", manifest.dedup),
@@ -40,13 +43,17 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         file_dep = [str(layout.score(s).samples) for s in mix.sources]
         if manifest.eval.suite:
             file_dep.append(str(manifest.resolve(manifest.eval.suite)))
+        # Samples that carry retrieved context are searched in the specialist's index.
+        index = [spec.retrieval.index] if spec.retrieval and spec.retrieval.train_context else []
+        file_dep += [str(layout.index(i).report) for i in index]
         yield {
             "name": f"{NAME}:{spec.name}",
             "doc": f"Dedup, decontaminate and mix {spec.title}'s data ({mix.name}) into train/eval splits.",
             "actions": [(run, [manifest, spec.name])],
             "file_dep": file_dep,
-            "task_dep": [f"score:{s}" for s in mix.sources],
-            "targets": [str(files.train), str(files.eval), str(files.stats), str(files.rejects)],
+            "task_dep": [f"score:{s}" for s in mix.sources] + [f"index:{i}" for i in index],
+            "targets": [str(files.train), str(files.eval), str(files.stats), str(files.rejects)]
+            + [str(files.context) for _ in index],
             "uptodate": slices(manifest, spec.name),
             "clean": True,
         }
@@ -122,8 +129,15 @@ def run(manifest: Manifest, specialist: str) -> None:
             decontam_stats={**checker.stats, "suite": manifest.eval.suite})
         for warning in mixed.stats["warnings"]:
             log.event(warning, task=task, level=logging.WARNING, specialist=specialist)
-        write_jsonl(files.train, mixed.train)
-        write_jsonl(files.eval, mixed.eval)
+        train, evals = mixed.train, mixed.eval
+        if spec.retrieval is not None and spec.retrieval.train_context:
+            from ..retrieval.training import add_context
+
+            with log.step(task, f"adding context from index {spec.retrieval.index}", specialist=specialist):
+                (train, evals), context = add_context(manifest, specialist, train, evals)
+            write_json(files.context, context)
+        write_jsonl(files.train, train)
+        write_jsonl(files.eval, evals)
         summary.update(train=len(mixed.train), eval=len(mixed.eval), rejects=rejects.count)
     # Per source, every record read is kept, rejected or filtered (records), and why (filtered).
     write_json(files.stats, {"specialist": specialist, "mix": recipe.name, **mixed.stats,
