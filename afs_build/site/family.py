@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..manifest import Manifest
 from ..paths import Layout
-from . import charts
+from . import charts, versus
 from .inputs import read_json, read_jsonl, relative
 from .results import by_category, mean_interval
 
@@ -41,6 +41,8 @@ def home(manifest: Manifest, states: dict[str, str]) -> dict:
             "quants": [(name[len(spec.name) + 1:-5], entry.get("bytes")) for name, entry in sorted(files.items())
                        if name[len(spec.name) + 1:-5] not in FLOAT_TYPES],
             "deployed": layout.deploy(spec.name).report.exists(), "state": states.get(spec.name, "unknown"),
+            "forgetting": versus.forgetting((compare or {}).get("general")),
+            "agreement": {k: q.get("agreement_with_f16") for k, q in ((compare or {}).get("quantization") or {}).items()},
         })
     family = read_json(layout.family_report) if manifest.eval.suite and manifest.trained else None
     return {"rows": rows, "family": family, "trained": len(manifest.trained),
@@ -95,6 +97,11 @@ def dashboard(manifest: Manifest) -> dict:
                 (f"; not shown: {', '.join(n for _, n, _, _ in left)}" if left else "")) if shown and categories else None
     out["speed"], out["quants"], out["quant_rows"] = _speed_and_quants(manifest)
     out["history"], out["history_rows"] = _history(manifest)
+    out["versus"] = versus.family(manifest)
+    out["indexes"] = [versus.index(manifest, n) for n in manifest.retrieval.indexes]
+    out["retrieval"] = [versus.retrieval_effect(manifest, s.name, read_json(layout.eval(s.name).retrieval_effect))
+                        for s in manifest.specialists.values() if s.retrieval and manifest.eval.suite]
+    out["retrieving"] = [s for s in manifest.specialists.values() if s.retrieval]
     out["reports"] = [relative(manifest, p) for p in sorted(layout.family_report.parent.glob("*"))
                       if p.is_file()] if layout.family_report.parent.is_dir() else []
     return out

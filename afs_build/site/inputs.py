@@ -27,7 +27,7 @@ TEMPLATES = ("macros.md.j2", "index.md.j2", "specialist.md.j2", "dashboard.md.j2
              "lineage.md.j2", "reference.md.j2", "mkdocs.yml.j2", "afs-site.js", "afs-site.css")
 MODULES = ("site/inputs.py", "site/specialist.py", "site/family.py", "site/charts.py",
            "site/reference.py", "site/results.py", "site/render.py", "site/build.py", "site/formats.py",
-           "stages/site.py")
+           "site/versus.py", "stages/site.py")
 SCHEMAS = ("manifest.schema.json", "question.schema.json", "result.schema.json",
            "sample.schema.json")
 
@@ -56,7 +56,17 @@ def specialist_inputs(manifest: Manifest, name: str) -> list[Path]:
         if spec.train:
             compare = layout.compare(name)
             files += [compare.report, compare.base_results, compare.quant_results]
+        if spec.retrieval:
+            files.append(layout.eval(name).retrieval_effect)
+    if spec.retrieval:
+        files += index_inputs(manifest, spec.retrieval.index)
     return _unique(files)
+
+
+def index_inputs(manifest: Manifest, name: str) -> list[Path]:
+    """An index's sidecar, and its measured quality where it has questions."""
+    files = Layout.of(manifest).index(name)
+    return [files.report] + ([files.quality] if manifest.retrieval.indexes[name].questions else [])
 
 
 def family_inputs(manifest: Manifest) -> list[Path]:
@@ -67,6 +77,8 @@ def family_inputs(manifest: Manifest) -> list[Path]:
     for name in manifest.specialists:
         files += specialist_inputs(manifest, name)
     files += [layout.base(m).report for m in dict.fromkeys(s.base for s in manifest.specialists.values())]
+    for name in manifest.retrieval.indexes:
+        files += index_inputs(manifest, name)
     if manifest.eval.suite and manifest.trained:
         files.append(layout.family_report)
     files += [spec_file(name) for name in SCHEMAS]

@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..manifest import Manifest, plain
 from ..paths import Layout, SiteFiles
-from . import charts, results
+from . import charts, results, versus
 from .inputs import read_json, read_jsonl, relative
 
 MAX_POINTS = 1000  # per training curve: longer runs are thinned evenly
@@ -45,7 +45,19 @@ def context(manifest: Manifest, name: str) -> dict:
         "screenshots": results.screenshots(layout.eval(name).screenshots,
                                            SiteFiles.of(manifest).docs / "specialists" / name, name),
         "usage": usage(manifest, name, asked),
+        "versus": versus.headline(manifest, name),
+        "retrieval": retrieval(manifest, name),
     }
+
+
+def retrieval(manifest: Manifest, name: str) -> Optional[dict]:
+    """A retrieving specialist's settings, what retrieval did to its scores and its index."""
+    spec = manifest.specialists[name]
+    if spec.retrieval is None:
+        return None
+    effect = read_json(Layout.of(manifest).eval(name).retrieval_effect) if manifest.eval.suite else None
+    return {"settings": spec.retrieval, "effect": versus.retrieval_effect(manifest, name, effect),
+            "index": versus.index(manifest, spec.retrieval.index), "suite": bool(manifest.eval.suite)}
 
 
 def suite(manifest: Manifest) -> dict[str, dict]:

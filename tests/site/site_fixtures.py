@@ -47,9 +47,12 @@ MANIFEST = {
                   "mix": "general", "hardware": "cpu", "port": 6101, "quantize": ["Q8_0", "Q4_K_M"],
                   "serve_quant": "Q8_0", "system_prompt": "You answer briefly."},
         "beta": {"role": "Second", "base": "tiny", "mix": "general", "hardware": "cpu", "port": 6102,
-                 "quantize": ["Q8_0"], "system_prompt": "You are Beta."},
+                 "quantize": ["Q8_0"], "system_prompt": "You are Beta.", "retrieval": {"index": "docs"}},
         "omega": {"role": "General", "base": "tiny", "train": False, "quantize": ["Q8_0"], "port": 6103},
     },
+    "retrieval": {"indexes": {"docs": {"paths": ["more.jsonl"], "embedding": {"path": "tiny-bert"},
+                                       "questions": "questions.jsonl"},
+                              "notes": {"paths": ["chat.jsonl"], "embedding": {"path": "tiny-bert"}}}},
     "eval": {"suite": "suite.jsonl", "judges": ["omega"]},
     "site": {"title": "Demo family"},
 }
@@ -86,6 +89,8 @@ def write_manifest(root: Path, manifest: dict | None = None) -> Path:
                                              for i in range(6)), encoding="utf-8")
     (root / "more.jsonl").write_text(json.dumps({"instruction": "hi", "output": "hello"}) + "\n", encoding="utf-8")
     _jsonl(root / "suite.jsonl", SUITE)
+    _json(root / "tiny-bert" / "config.json", {"model_type": "bert"})  # only checked to exist here
+    _jsonl(root / "questions.jsonl", [{"id": "r1", "question": "Where is hello?", "expected": [{"file": "more.jsonl"}]}])
     path = root / "afs.yaml"
     path.write_text(yaml.safe_dump(manifest or MANIFEST, sort_keys=False), encoding="utf-8")
     return path
@@ -112,7 +117,7 @@ def result(name: str, qid: str, reply: str | None = None, salt: int = 0) -> dict
 def paired(n: int, a: float, b: float) -> dict:
     return {"better": a - b > 0.2, "difference": round(a - b, 4), "high": round(a - b + 0.1, 4),
             "losses": 0, "low": round(a - b - 0.1, 4), "mean_a": a, "mean_b": b, "questions": n,
-            "sign_p": 1.0, "ties": n, "wins": 0, "worse": False}
+            "sign_p": 1.0, "ties": n, "wins": 0, "worse": a - b < -0.2}
 
 
 def write_build(root: Path, manifest: dict | None = None) -> Path:
@@ -135,10 +140,25 @@ def write_build(root: Path, manifest: dict | None = None) -> Path:
         _trained(build, name)
     for name in ("alpha", "beta", "omega"):
         _served(build, name)
+    _index(build)
     _json(build / "reports/family.json", {"not_better": ["beta"], "specialists": {
         n: {"verdict": v, "own": paired(2, 0.6, 0.2), "general": paired(2, 0.5, 0.5), "overall": paired(4, 0.5, 0.3),
             "version": f"{n}-v2"} for n, v in (("alpha", "better than its base"), ("beta", "not better than its base"))}})
     return path
+
+
+def _index(build: Path) -> None:
+    """Index docs built and measured (what index:docs and eval:index:docs write); notes not built."""
+    _json(build / "index/docs/index.json", {
+        "built": "2026-12-01T00:00:00+00:00", "chunks": 42, "embedded": 40, "files": 3, "index": "docs",
+        "inputs": {}, "model": {"digest": "0123456789abcdef", "dims": 384, "kind": "folder", "max_tokens": 256,
+                                "name": "tiny-bert"}, "reused": 2, "seconds": 1.5, "settings": "ab" * 32,
+        "skip_reasons": {"binary": 1, "too large " + HOSTILE: 1}, "skipped": 2})
+    overall = {"lexical": (0.5, 1.0, 1.0, 0.75), "dense": (0.0, 0.5, 1.0, 0.4), "hybrid": (0.5, 1.0, 1.0, 0.8)}
+    _json(build / "index/docs/quality.json", {
+        "count": 2, "index": "docs", "ks": [1, 5, 10], "questions": [], "questions_file": "questions.jsonl",
+        "modes": {m: {"overall": {"recall@1": a, "recall@5": b, "recall@10": c, "mrr": d, "questions": 2},
+                      "by_category": {}} for m, (a, b, c, d) in overall.items()}})
 
 
 def _trained(build: Path, name: str) -> None:
@@ -202,7 +222,9 @@ def _trained(build: Path, name: str) -> None:
         "base": "tiny", "base_served": "Q8_0", "base_server": "omega",
         "by_category": {c: paired(2, 0.5, 0.25) for c in sorted({next(q["category"] for q in SUITE if q["id"] == i)
                                                                   for i in asked})},
-        "general": paired(2, 0.5, 0.5), "general_category": "general", "overall": paired(len(asked), 0.5, 0.3),
+        # beta forgot what its base knew: the general interval lies below zero
+        "general": paired(2, 0.5, 0.5) if name == "alpha" else paired(2, 0.25, 0.75), "general_category": "general",
+        "overall": paired(len(asked), 0.5, 0.3),
         "own": paired(2, 0.75, 0.25) if name == "alpha" else paired(2, 0.25, 0.25), "own_categories": own,
         "quantization": {k: {"agreement_with_f16": 1.0 if k == "F16" else 0.5, "bytes": 1000000 // (i + 1),
                              "file": f"{name}-{k}.gguf", "mean_score": 0.5, "questions": 3,
@@ -249,6 +271,11 @@ def _served(build: Path, name: str) -> None:
         block["questions"] += 1
     if name == "beta":  # a field the evaluation adds later: shown without a change to the site
         summary["latency"] = {"p50": 0.21, "p95": 0.48}
+        _json(evaluated / "retrieval.json", {
+            "specialist": name, "index": "docs", "top_k": 4, "train_context": False, "questions_with_context": 3,
+            "own_categories": ["asm"], "general_category": "general", "unpaired": 0,
+            "own": paired(2, 0.75, 0.25), "general": paired(2, 0.5, 0.5), "overall": paired(4, 0.625, 0.375),
+            "by_category": {"asm": paired(2, 0.75, 0.25), "general": paired(2, 0.5, 0.5)}})
     _json(evaluated / "summary.json", summary)
     if name == "alpha":
         shots = evaluated / "screenshots"
@@ -257,8 +284,8 @@ def _served(build: Path, name: str) -> None:
             (shots / f"s1.{kind}.png").write_bytes(png(rgb=colour))
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
+@pytest.fixture(scope="module", name="built")
+def built_site(tmp_path_factory):
     """(manifest, site files) of the fake build's site, built by afs's own build function."""
     from afs_build.manifest import load
     from afs_build.paths import SiteFiles

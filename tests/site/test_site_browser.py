@@ -24,7 +24,11 @@ EXPECTED = {
                        "chart-family-radar": 12,  # 4 models (at most 5) x 3 categories
                        "chart-family-speed": 8,  # 3 served models + 3 + 2 quantized files
                        "chart-family-quants": 6,  # 3 types x 2 trained specialists
-                       "chart-family-history": 3},  # alpha's 2 versions + beta's 1
+                       "chart-family-history": 3,  # alpha's 2 versions + beta's 1
+                       "chart-family-versus": 4,  # 2 compared specialists x (own, general)
+                       "chart-beta-retrieval": 4,  # 2 categories x (with, without)
+                       "chart-index-docs-quality": 12},  # 3 search modes x (recall@1, @5, @10, MRR)
+    "specialists/beta.html": {"chart-beta-retrieval": 4, "chart-index-docs-quality": 12},
     "specialists/alpha.html": {"chart-alpha-loss": 15,  # 12 steps + 3 evaluations
                                "chart-alpha-speed": 12, "chart-alpha-quality": 10,
                                "chart-alpha-shares": 6,  # 2 groups x (asked, samples, tokens)

@@ -14,7 +14,7 @@ from afs_build.manifest import load
 from afs_build.paths import SiteFiles
 from afs_build.resources import spec_file, templates_dir
 from afs_build.site import build, inputs
-from site_fixtures import HOSTILE, MANIFEST, built, write_build, write_manifest  # noqa: F401
+from site_fixtures import HOSTILE, MANIFEST, built_site, write_build, write_manifest  # noqa: F401 (built)
 
 # What the generated mkdocs.yml may use: checked against Zensical 0.0.73's config reader, which
 # accepts each of these (font: false kept; offline and privacy plugins deliberately not used).
@@ -45,7 +45,8 @@ def test_home_has_a_row_per_specialist_with_what_the_build_measured(built):
     assert "1,326" in row and "25 s" in row and "$0.00" in row  # tokens trained, time, cost
     assert "0.75 vs 0.25" in row and "better than its base" in row  # own category, with the verdict
     assert "[+0.40, +0.60]" in row  # the interval of the difference
-    assert "Q4_K_M" in row and "Q8_0" in row and "F16" not in row  # quantized files only
+    assert "Q4_K_M" in row and "Q8_0" in row and 'afs-chip">F16' not in row  # quantized files only
+    assert "Q8_0 976.6 KiB · 50% same as F16" in row  # what the type costs in answers
     assert "6101" in row
     omega = page.split('data-specialist="omega"')[1].split("</tr>")[0]
     assert "served as it is" in omega
@@ -183,6 +184,10 @@ def test_an_empty_build_folder_gives_pages_that_say_what_to_run(tmp_path):
     page = html(site, "specialists/alpha.html")
     assert "Not built yet" in page and "doit mix:alpha" in page and "doit train:alpha" in page
     assert "doit eval:alpha" in page
+    assert "not compared with its base yet" in page and "doit compare:alpha" in page
+    beta = html(site, "specialists/beta.html")
+    assert "Not evaluated with and without retrieval yet" in beta
+    assert "doit index:docs" in beta and "doit eval:index:docs" in beta
     assert "not deployed" in html(site, "index.html")
 
 
@@ -226,3 +231,49 @@ def test_a_failed_mkdocs_build_keeps_the_last_good_site(built, monkeypatch):
         assert not (site.folder / ".build.tmp").exists()
     finally:
         broken.write_text(saved)
+
+
+def test_the_comparison_with_the_base_leads_the_dashboard(built):
+    _, site = built
+    page = html(site, "dashboard.html")
+    assert page.index('id="afs-versus"') < page.index('id="chart-family-categories"')  # first
+    alpha = page.split('<tr data-specialist="alpha">')[1].split("</tr>")[0]
+    assert "better than its base" in alpha and "0.75 vs 0.25" in alpha and "[+0.40, +0.60]" in alpha
+    assert "no measurable forgetting" in alpha and "does not retrieve" in alpha
+    assert "Q8_0: 0.50 vs F16 0.50, 50% same replies" in alpha  # the served type's cost in answers
+    beta = page.split('<tr data-specialist="beta">')[1].split("</tr>")[0]
+    assert "not better than its base" in beta and "forgets general questions" in beta
+    assert "0.25 vs 0.75" in beta and "[-0.60, -0.40]" in beta  # the general difference, below zero
+    assert "0.75 vs 0.25" in beta  # with against without retrieval
+    assert "1 of 2 compared specialists are better than their base" in page
+    assert "forgetting general questions (the general interval lies below zero): beta" in page
+
+
+def test_a_specialist_page_opens_with_its_verdict_against_the_base(built):
+    _, site = built
+    page = html(site, "specialists/beta.html")
+    box = page.split('id="afs-versus-beta"')[1].split("</div>")[0]
+    assert page.index('id="afs-versus-beta"') < page.index('id="manifest"')
+    assert "not better than its base" in box and "forgets general questions" in box
+    assert "Served Q8_0: score 0.50 against the F16's 0.50 (+0.00), 50% of 3 replies identical" in box
+    assert "Retrieval: 0.75 with, 0.25 without (+0.50 [+0.40, +0.60])" in box
+    assert 'id="afs-versus-omega"' not in html(site, "specialists/omega.html")  # served as it is
+
+
+def test_retrieval_effect_and_index_quality_where_present(built):
+    _, site = built
+    page = html(site, "specialists/beta.html")
+    effect = page.split('id="afs-retrieval-effect"')[1].split("</table>")[0]
+    assert "own (asm)</td><td>2</td><td>0.75</td><td>0.25</td><td>+0.50</td><td>[+0.40, +0.60]" in effect
+    assert "3 of them got context" in page
+    facts = page.split('id="afs-index-docs"')[1].split("</table>")[0]
+    assert "42 chunks from 3 files, 2 skipped" in facts and "384 dimensions" in facts
+    assert "&lt;script&gt;window.__afsPwned" in facts  # a skip reason from the build, escaped
+    quality = page.split('id="afs-index-quality-docs"')[1].split("</table>")[0]
+    assert "<td>hybrid</td><td>0.50</td><td>1.00</td><td>1.00</td><td>0.80</td><td>2</td>" in quality
+    assert "Retrieval" not in html(site, "specialists/alpha.html").split('id="questions"')[0].split('id="benchmark"')[1]
+    dash = html(site, "dashboard.html")
+    assert 'id="afs-retrieval-beta"' in dash and 'id="afs-index-quality-docs"' in dash
+    notes = dash.split('id="index-notes"')[1]
+    assert "Index notes is not built yet" in notes and "doit index:notes" in notes
+    assert "Index notes has no questions" in notes  # nothing to measure, said plainly
