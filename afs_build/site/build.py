@@ -92,7 +92,7 @@ def family_pages(manifest: Manifest) -> list[Path]:
         render.write(site.page(name), text)
         written.append(site.page(name))
     _remove_stale(site, manifest)
-    _copy_reports(layout, site)
+    _copy_reports(manifest, site)
     write_assets(site)
     render.write(site.config, render.render(
         "mkdocs.yml.j2", title=manifest.site.title, url=manifest.site.url,
@@ -111,17 +111,14 @@ def _remove_stale(site: SiteFiles, manifest: Manifest) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _copy_reports(layout: Layout, site: SiteFiles) -> None:
-    """The build's reports (``build/reports/``), published as they are."""
+def _copy_reports(manifest: Manifest, site: SiteFiles) -> None:
+    """The build's reports (``build/reports/``), published as they are under ``reports/``."""
     target = site.docs / "reports"
     if target.exists():
         shutil.rmtree(target)
-    source = layout.family_report.parent
-    if source.is_dir():
-        for path in sorted(source.iterdir()):
-            if path.is_file():
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target / path.name)
+    for rel, path in inputs.reports(manifest):
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target / rel)
 
 
 def write_assets(site: SiteFiles) -> None:
@@ -132,6 +129,9 @@ def write_assets(site: SiteFiles) -> None:
         wanted[site.assets / "vendor" / name] = modules / rel
         wanted[site.assets / "vendor" / f"{name}.map"] = modules / f"{rel}.map"
     wanted.update({site.assets / "vendor" / name: modules / rel for name, rel in LICENCES.items()})
+    # Browsers ask for /favicon.ico on pages that name no icon (the evaluation's own reports):
+    # the theme's icon there keeps that request from failing. Chromium reads a PNG named .ico.
+    wanted[site.docs / "favicon.ico"] = _theme_icon()
     missing = [str(src) for src in wanted.values() if not src.is_file()]
     if missing:
         raise StageError(f"the site's chart library is not installed ({missing[0]} is missing); "
@@ -144,6 +144,12 @@ def write_assets(site: SiteFiles) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
+
+
+def _theme_icon() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("material") / "templates" / "assets" / "images" / "favicon.png"))
 
 
 class _Collect(logging.Handler):

@@ -12,6 +12,7 @@ from typing import Optional
 from ..manifest import Manifest
 from ..paths import Layout
 from . import charts, versus
+from . import inputs
 from .inputs import read_json, read_jsonl, relative
 from .results import by_category, mean_interval
 
@@ -102,8 +103,7 @@ def dashboard(manifest: Manifest) -> dict:
     out["retrieval"] = [versus.retrieval_effect(manifest, s.name, read_json(layout.eval(s.name).retrieval_effect))
                         for s in manifest.specialists.values() if s.retrieval and manifest.eval.suite]
     out["retrieving"] = [s for s in manifest.specialists.values() if s.retrieval]
-    out["reports"] = [relative(manifest, p) for p in sorted(layout.family_report.parent.glob("*"))
-                      if p.is_file()] if layout.family_report.parent.is_dir() else []
+    out["reports"] = [{"path": rel, "shown": relative(manifest, path)} for rel, path in inputs.reports(manifest)]
     return out
 
 

@@ -141,6 +141,17 @@ def _records(path: Path, limit: Optional[int]) -> Iterator[Any]:
                          f"again") from None
 
 
+def reports(manifest: Manifest) -> list[tuple[str, Path]]:
+    """The build's reports (``build/reports/``, subfolders too: the evaluation writes one folder
+    per model) as ``(path inside the folder, file)``, the way the site publishes them. Markdown
+    reports are left out: under ``docs/`` they would become pages; their HTML twins are kept."""
+    folder = Layout.of(manifest).family_report.parent
+    if not folder.is_dir():
+        return []
+    return [(p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix != ".md" and not p.name.startswith(".")]
+
+
 def relative(manifest: Manifest, path: Optional[str | Path]) -> Optional[str]:
     """`path` relative to the manifest's folder where it lies below it (pages name files the
     way a user types them), else as it is."""

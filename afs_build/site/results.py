@@ -20,6 +20,7 @@ KNOWN_SUMMARY = {"specialist", "questions", "mean_score", "passed", "by_category
 KNOWN_RESULT = {"run", "specialist", "model_file", "quant", "question_id", "category", "reply", "score",
                 "passed", "grader", "judgements", "latency_s", "completion_tokens", "tokens_per_second",
                 "time"}
+KINDS = ("baseline", "expected", "actual", "diff", "difference")
 SCREENSHOT = re.compile(r"^(?P<id>.+?)[._-](?P<kind>baseline|expected|actual|diff|difference)\.png$")
 
 
@@ -111,17 +112,24 @@ def questions(suite: dict[str, dict], results: Sequence[dict], base_results: Seq
 
 def screenshots(folder: Path, target: Path, url_prefix: str) -> list[dict]:
     """Rendered answers (baseline, actual, difference) copied beside the page; one row per
-    question id. The folder is the evaluation's; `target` is emptied first."""
+    question id. The evaluation's folder holds either ``<id>.<kind>.png`` files or one folder
+    per kind (``baseline/<id>.png``, ``actual/``, ``diff/``); `target` is emptied first."""
     if target.exists():
         shutil.rmtree(target)
     if not folder.is_dir():
         return []
-    rows: dict[str, dict] = {}
+    found = []
     for path in sorted(folder.glob("*.png")):
         match = SCREENSHOT.match(path.name)
-        key, kind = (match["id"], match["kind"]) if match else (path.stem, "image")
+        found.append(((match["id"], match["kind"]) if match else (path.stem, "image"), path))
+    for kind in sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name in KINDS):
+        for path in sorted((folder / kind).glob("*.png")):
+            found.append(((path.stem, kind), path))
+    rows: dict[str, dict] = {}
+    for (key, kind), path in found:
         kind = {"expected": "baseline", "difference": "diff"}.get(kind, kind)
+        name = path.name if path.parent == folder else f"{key}.{kind}.png"
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target / path.name)
-        rows.setdefault(key, {"id": key, "images": {}})["images"][kind] = f"{url_prefix}/{path.name}"
+        shutil.copy2(path, target / name)
+        rows.setdefault(key, {"id": key, "images": {}})["images"][kind] = f"{url_prefix}/{name}"
     return [rows[k] for k in sorted(rows)]

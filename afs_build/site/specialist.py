@@ -15,6 +15,7 @@ from typing import Optional
 from ..manifest import Manifest, plain
 from ..paths import Layout, SiteFiles
 from . import charts, results, versus
+from . import inputs
 from .inputs import read_json, read_jsonl, relative
 
 MAX_POINTS = 1000  # per training curve: longer runs are thinned evenly
@@ -46,6 +47,8 @@ def context(manifest: Manifest, name: str) -> dict:
                                            SiteFiles.of(manifest).docs / "specialists" / name, name),
         "usage": usage(manifest, name, asked),
         "versus": versus.headline(manifest, name),
+        # the evaluation's own reports of this model (build/reports/eval/<name>/), where present
+        "reports": [rel for rel, _ in inputs.reports(manifest) if name in rel.split("/")[:-1]],
         "retrieval": retrieval(manifest, name),
     }
 

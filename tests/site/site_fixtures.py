@@ -141,6 +141,13 @@ def write_build(root: Path, manifest: dict | None = None) -> Path:
     for name in ("alpha", "beta", "omega"):
         _served(build, name)
     _index(build)
+    report = build / "reports/eval/alpha"  # what the evaluation's report stage writes, where it runs
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "report.html").write_text("<!doctype html><html><head><meta charset=utf-8><title>alpha</title>"
+                                        "</head><body><h1>alpha's report</h1></body></html>\n", encoding="utf-8")
+    (report / "report.md").write_text("# alpha\n\n[a link MkDocs would check](nowhere.md)\n", encoding="utf-8")
+    _json(report / "report.json", {"model": "alpha"})
+    (report / "categories.png").write_bytes(png())
     _json(build / "reports/family.json", {"not_better": ["beta"], "specialists": {
         n: {"verdict": v, "own": paired(2, 0.6, 0.2), "general": paired(2, 0.5, 0.5), "overall": paired(4, 0.5, 0.3),
             "version": f"{n}-v2"} for n, v in (("alpha", "better than its base"), ("beta", "not better than its base"))}})
@@ -277,6 +284,10 @@ def _served(build: Path, name: str) -> None:
             "own": paired(2, 0.75, 0.25), "general": paired(2, 0.5, 0.5), "overall": paired(4, 0.625, 0.375),
             "by_category": {"asm": paired(2, 0.75, 0.25), "general": paired(2, 0.5, 0.5)}})
     _json(evaluated / "summary.json", summary)
+    if name == "beta":  # the other shape: one folder per kind
+        for kind, colour in (("baseline", (40, 160, 40)), ("actual", (40, 40, 160)), ("diff", (200, 40, 40))):
+            (evaluated / "screenshots" / kind).mkdir(parents=True, exist_ok=True)
+            (evaluated / "screenshots" / kind / "a1.png").write_bytes(png(rgb=colour))
     if name == "alpha":
         shots = evaluated / "screenshots"
         shots.mkdir(parents=True, exist_ok=True)

@@ -277,3 +277,19 @@ def test_retrieval_effect_and_index_quality_where_present(built):
     notes = dash.split('id="index-notes"')[1]
     assert "Index notes is not built yet" in notes and "doit index:notes" in notes
     assert "Index notes has no questions" in notes  # nothing to measure, said plainly
+
+
+def test_the_evaluation_reports_and_screenshots_are_published_where_present(built):
+    _, site = built
+    page = html(site, "specialists/alpha.html")
+    assert '<a href="../reports/eval/alpha/report.html">' in page
+    assert (site.html / "reports/eval/alpha/report.html").is_file()
+    assert (site.html / "reports/eval/alpha/categories.png").is_file()
+    assert not (site.html / "reports/eval/alpha/report.md").exists()  # it would become a page
+    assert '<a href="reports/eval/alpha/report.json">' in html(site, "dashboard.html")
+    assert "../reports/eval/alpha" not in html(site, "specialists/beta.html")
+    beta = html(site, "specialists/beta.html")  # screenshots in one folder per kind
+    shots = beta.split('id="afs-screenshots"')[1].split("</table>")[0]
+    for kind in ("baseline", "actual", "diff"):
+        assert f'src="beta/a1.{kind}.png"' in shots
+        assert (site.html / f"specialists/beta/a1.{kind}.png").is_file()
