@@ -7,6 +7,9 @@ it. Screenshots of the home page and a specialist page are kept in the test's fo
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 from urllib.parse import urldefrag, urlparse
 
 import pytest
@@ -185,4 +188,7 @@ def test_screenshots_of_the_home_page_and_a_specialist_page(browser, served, tmp
         width, height = struct.unpack(">II", data[16:24])  # the PNG's IHDR
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and width == 1280 and height >= 900, page
         assert len(data) > 40_000, page  # text, tables and charts; a blank page compresses to little
-    print(f"screenshots kept in {tmp_path / 'screenshots'}")
+    kept = os.environ.get("AFS_TEST_ARTIFACTS")  # CI keeps them: set it to a folder it uploads
+    if kept:
+        shutil.copytree(tmp_path / "screenshots", Path(kept) / "site-screenshots", dirs_exist_ok=True)
+    print(f"screenshots kept in {kept or tmp_path / 'screenshots'}")
