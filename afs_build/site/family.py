@@ -112,12 +112,12 @@ def _speed_and_quants(manifest: Manifest) -> tuple[Optional[charts.Chart], Optio
     served, quantized, rows = [], [], []
     for spec in manifest.specialists.values():
         summary = read_json(layout.eval(spec.name).summary) if manifest.eval.suite else None
-        if summary and summary.get("tokens_per_second") is not None:
+        if summary and summary.get("tokens_per_second") is not None and summary.get("mean_score") is not None:
             served.append((summary["tokens_per_second"], summary["mean_score"], spec.name))
         compare = read_json(layout.compare(spec.name).report) if spec.train and manifest.eval.suite else None
         for kind, q in ((compare or {}).get("quantization") or {}).items():
             rows.append({"specialist": spec.name, "kind": kind, **q})
-            if q.get("tokens_per_second") is not None:
+            if q.get("tokens_per_second") is not None and q.get("mean_score") is not None:
                 quantized.append((q["tokens_per_second"], q["mean_score"], f"{spec.name} {kind}"))
     speed = charts.scatter("chart-family-speed", "Speed against score",
                            [s for s in (("served models (all questions)", served),

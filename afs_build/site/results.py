@@ -19,7 +19,7 @@ KNOWN_SUMMARY = {"specialist", "questions", "mean_score", "passed", "by_category
                  "seconds", "tokens_per_second", "thresholds", "meets_thresholds", "failures"}
 KNOWN_RESULT = {"run", "specialist", "model_file", "quant", "question_id", "category", "reply", "score",
                 "passed", "grader", "judgements", "latency_s", "completion_tokens", "tokens_per_second",
-                "time"}
+                "time", "error", "detail"}
 KINDS = ("baseline", "expected", "actual", "diff", "difference")
 SCREENSHOT = re.compile(r"^(?P<id>.+?)[._-](?P<kind>baseline|expected|actual|diff|difference)\.png$")
 
@@ -35,9 +35,12 @@ def mean_interval(scores: Sequence[float], seed: int) -> Optional[tuple[float, f
 
 
 def by_category(results: Iterable[dict]) -> dict[str, list[float]]:
+    """Scores per category; a reply not graded (a failed request, judges still to come) has
+    no score and is left out of the means."""
     out: dict[str, list[float]] = {}
     for r in results:
-        out.setdefault(r["category"], []).append(r["score"])
+        if r.get("score") is not None:
+            out.setdefault(r["category"], []).append(r["score"])
     return out
 
 
@@ -65,10 +68,12 @@ def benchmark(name: str, summary: Optional[dict], compare: Optional[dict], resul
     rows = []
     compared = (compare or {}).get("by_category", {})
     mine, base = by_category(results), by_category(base_results)
-    for category in sorted(set(mine) | set(compared)):
+    asked = {r["category"] for r in results}
+    for category in sorted(set(mine) | set(compared) | asked):
         block = compared.get(category)
         scores = mine.get(category, [])
-        rows.append({"category": category, "questions": len(scores),
+        rows.append({"category": category, "questions": sum(1 for r in results if r["category"] == category),
+                     "graded": len(scores),
                      "mean": (sum(scores) / len(scores)) if scores else None,
                      "passed": sum(1 for r in results if r["category"] == category and r.get("passed")),
                      "compared": block})
@@ -101,11 +106,12 @@ def questions(suite: dict[str, dict], results: Sequence[dict], base_results: Seq
         b = base.get(r["question_id"])
         rows.append({"id": r["question_id"], "category": r["category"], "question": q.get("question"),
                      "reference": q.get("answer"), "keywords": q.get("keywords") or [],
-                     "grading": q.get("grading"), "reply": r["reply"], "score": r["score"],
+                     "grading": q.get("grading"), "reply": r.get("reply") or "", "score": r.get("score"),
+                     "error": r.get("error"), "detail": r.get("detail"),
                      "passed": r.get("passed"), "failed": r.get("passed") is False,
-                     "grader": r["grader"], "judgements": r.get("judgements") or [],
+                     "grader": r.get("grader"), "judgements": r.get("judgements") or [],
                      "latency_s": r.get("latency_s"), "tokens_per_second": r.get("tokens_per_second"),
-                     "base_reply": b["reply"] if b else None, "base_score": b["score"] if b else None,
+                     "base_reply": b.get("reply") if b else None, "base_score": b.get("score") if b else None,
                      "more": [(k, r[k]) for k in sorted(r) if k not in KNOWN_RESULT]})
     return rows
 

@@ -293,3 +293,12 @@ def test_the_evaluation_reports_and_screenshots_are_published_where_present(buil
     for kind in ("baseline", "actual", "diff"):
         assert f'src="beta/a1.{kind}.png"' in shots
         assert (site.html / f"specialists/beta/a1.{kind}.png").is_file()
+
+
+def test_a_reply_that_was_never_graded_is_shown_and_left_out_of_the_means(built):
+    _, site = built
+    page = html(site, "specialists/beta.html")
+    row = page.split('id="q-a2"')[1].split("</tr>")[0]
+    assert "not graded" in row and "timed out after 3 attempts &lt;script&gt;" in row
+    categories = page.split('id="afs-categories"')[1].split("</table>")[0]
+    assert "<td>asm</td><td>2</td>" in categories  # both asked, one graded
