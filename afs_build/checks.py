@@ -23,6 +23,8 @@ SHARE_TOLERANCE = 1e-6
 NEEDS_IMATRIX = ("Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS")
 # The shortest answer a training sample must have room for after its prompt.
 MIN_ANSWER_TOKENS = 16
+# Task names a specialist's name would clash with (site:family builds the family's pages).
+RESERVED_NAMES = ("family",)
 
 
 def cross_problems(data: dict, positions: Positions, root: Path, *, tolerant: bool = False) -> list[Problem]:
@@ -106,6 +108,9 @@ def params_b(model: dict) -> float | None:
 def check_specialists(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
     for name, spec in data["specialists"].items():
         here = ("specialists", name)
+        if name in RESERVED_NAMES:
+            yield pos.problem(here, f"the name {name!r} is reserved (site:{name} builds the site's "
+                              "family pages); expected another name")
         if spec["base"] not in data["models"]:
             yield pos.problem(here + ("base",), _unknown("model", spec["base"], data["models"]))
         for key, section, kind in (("mix", "mixes", "mix"), ("hardware", "hardware", "hardware")):

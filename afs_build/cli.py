@@ -105,6 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="specialists (default: all)")
     p.set_defaults(func=cmd_screenshots)
 
+    p = sub.add_parser("site", help="build the site from what the build folder holds now (nothing "
+                       "upstream runs; `doit site` brings it up to date first); --serve shows it")
+    p.add_argument("-m", "--manifest", default="afs.yaml", help="manifest file (default afs.yaml)")
+    p.add_argument("--serve", action="store_true", help="then serve the built site on 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="port for --serve (default: site.url's, "
+                   "where instant navigation works)")
+    p.add_argument("--no-build", action="store_true", help="with --serve: serve the site as last built")
+    p.set_defaults(func=cmd_site)
+
     p = sub.add_parser("clean", help="remove what the build made for the named specialists (default: "
                        "everything, as doit clean): stop their servers, remove what afs put in LM "
                        "Studio's folder, remove their build outputs")
@@ -380,6 +389,28 @@ def cmd_screenshots(args: argparse.Namespace) -> int:
                        "(doit screenshots:family compares them)")
     taken = accept(manifest, check_names(manifest, args.names) if args.names else None)
     print(f"accepted {len(taken)} screenshots as baselines in {manifest.eval.screenshots.baselines}")
+    return 0
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    """Build the site from the build folder as it is; with --serve, serve it on loopback."""
+    from .manifest import load
+    from .paths import SiteFiles
+    from .site import build
+
+    manifest = load(args.manifest, _shown_path(args.manifest))
+    folder = SiteFiles.of(manifest).html
+    if not args.no_build:
+        folder = build.build_site(manifest)
+        print(f"site built: {_shown_path(str(folder / 'index.html'))}")
+    if args.serve:
+        if not (folder / "index.html").is_file():
+            raise AfsError(f"no built site in {folder}; build it with: afs site -m {args.manifest}")
+        from urllib.parse import urlparse
+
+        from .site.serve import serve
+
+        serve(folder, args.port if args.port is not None else (urlparse(manifest.site.url).port or 8000))
     return 0
 
 

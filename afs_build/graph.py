@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 from .manifest import Manifest
 from .paths import Layout
 from .stages import (base, baseline, compare, deploy, evaluate, gguf, index, ingest, judge, merge,
-                     mix, quantize, render, report, scorecard, score, screenshots, train)
+                     mix, quantize, render, report, scorecard, score, screenshots, site, train)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ STAGES = (
     _stage(ingest), _stage(score), _stage(index), _stage(mix), _stage(base), _stage(baseline),
     _stage(render), _stage(train), _stage(merge), _stage(gguf), _stage(quantize), _stage(deploy),
     _stage(evaluate), _stage(compare), _stage(judge), _stage(screenshots), _stage(report),
-    _stage(scorecard),
+    _stage(scorecard), _stage(site),
 )
 
 

@@ -352,6 +352,8 @@ class Retrieval:
 class Site:
     title: str
     dir: str
+    url: str
+    instant_navigation: bool
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ Everything goes under the project's build folder (``project.build_dir``)::
                                     index.json, skipped.jsonl, quality.json
       cache/embeddings/<model>/     embeddings by chunk content digest (embeddings.sqlite)
 
+The generated site lives outside the build folder, in ``site.dir`` (:class:`SiteFiles`).
+
 Names are validated as safe slugs before they get here, so joining them is safe.
 """
 
@@ -274,6 +276,11 @@ class EvalFiles:
         return self.folder / "summary.json"
 
     @property
+    def screenshots(self) -> Path:
+        """Rendered answers with their baselines and differences (the site shows what is there)."""
+        return self.folder / "screenshots"
+
+    @property
     def without_retrieval(self) -> Path:
         """A retrieving specialist's replies to the same questions with retrieval turned off."""
         return self.folder / "results-no-retrieval.jsonl"
@@ -437,6 +444,47 @@ class BaselineFiles:
     @property
     def server_log(self) -> Path:
         return self.folder / "server.log"
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """The generated site (``site.dir``): MkDocs config and Markdown written by ``site``, and the
+    HTML MkDocs builds from them."""
+
+    folder: Path
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "SiteFiles":
+        return cls(manifest.resolve(manifest.site.dir))
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "mkdocs.yml"
+
+    @property
+    def docs(self) -> Path:
+        """The generated Markdown pages and their assets (MkDocs' docs_dir)."""
+        return self.folder / "docs"
+
+    @property
+    def assets(self) -> Path:
+        return self.docs / "assets"
+
+    @property
+    def html(self) -> Path:
+        """The built site (MkDocs' site_dir): what a browser loads."""
+        return self.folder / "build"
+
+    def page(self, name: str) -> Path:
+        """A family page's Markdown (``index``, ``dashboard``, ...)."""
+        return self.docs / f"{name}.md"
+
+    def specialist_page(self, name: str) -> Path:
+        return self.docs / "specialists" / f"{name}.md"
+
+    def html_of(self, page: Path) -> Path:
+        """The HTML file MkDocs builds from a page (``use_directory_urls: false``)."""
+        return self.html / page.relative_to(self.docs).with_suffix(".html")
 
 
 @dataclass(frozen=True)

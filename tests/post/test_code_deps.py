@@ -16,7 +16,7 @@ import pytest
 
 from afs_build import graph, plan, uptodate
 from afs_build.manifest import load
-from afs_build.paths import Layout
+from afs_build.paths import Layout, SiteFiles
 
 TRAINED, SERVED = ("alpha", "beta"), ("gamma",)
 ALL = TRAINED + SERVED
@@ -33,11 +33,12 @@ def record_done(manifest) -> None:
 
     namespace = graph.namespace(manifest)
     tasks = [t for t in load_tasks(namespace, config=namespace["DOIT_CONFIG"]) if t.actions]
-    build = Layout.of(manifest).build
+    build, site = Layout.of(manifest).build, SiteFiles.of(manifest).folder
     for task in tasks:
         for path in map(Path, [*task.file_dep, *task.targets]):
             if not path.exists():
-                assert path.is_relative_to(build), path  # inputs outside build/ are real files
+                # inputs outside build/ (and the site's pages) are real files
+                assert path.is_relative_to(build) or path.is_relative_to(site), path
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(f"{path.name}\n")
     for task in tasks:  # reports that record their outputs' sizes and digests, as the stages do
