@@ -63,6 +63,21 @@ def specialist_inputs(manifest: Manifest, name: str) -> list[Path]:
     return _unique(files)
 
 
+def optional_inputs(manifest: Manifest, name: Optional[str] = None) -> list[Path]:
+    """What a page shows when it is there: the screenshots' comparison and the evaluation's
+    reports of specialist `name` (or of every model and the family, with no name). Written by
+    screenshots:family, scorecard:family and judge:family, which a build may not have run yet,
+    so they are followed by content (an uptodate check), not required as file_deps."""
+    layout = Layout.of(manifest)
+    if not manifest.eval.suite:
+        return []
+    names = [name] if name else list(manifest.specialists)
+    files = [p for n in names for p in (layout.screenshots(n).report, layout.model_report(n).json)]
+    if name is None:
+        files += [layout.family_eval_report.json, layout.judge().report]
+    return files
+
+
 def index_inputs(manifest: Manifest, name: str) -> list[Path]:
     """An index's sidecar, and its measured quality where it has questions."""
     files = Layout.of(manifest).index(name)

@@ -43,7 +43,7 @@ def context(manifest: Manifest, name: str) -> dict:
                                        base_results, manifest.eval.seed, f"base ({spec.base})",
                                        order=list(manifest.specialists)),
         "questions": results.questions(asked, evaluated, base_results),
-        "screenshots": results.screenshots(layout.eval(name).screenshots,
+        "screenshots": results.screenshots(layout.screenshots(name).folder,
                                            SiteFiles.of(manifest).docs / "specialists" / name, name),
         "usage": usage(manifest, name, asked),
         "versus": versus.headline(manifest, name),

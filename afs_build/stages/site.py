@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..manifest import Manifest
-from ..paths import SiteFiles
-from ..uptodate import SliceChanged
+from ..paths import Layout, SiteFiles
+from ..uptodate import SliceChanged, TreeChanged
 from .common import action, task
 
 NAME = "site"
@@ -50,7 +50,8 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         yield task(f"{NAME}:{spec.name}", f"Write the site's page of {spec.title}.", run_specialist,
                    manifest, spec.name, file_dep=inputs.specialist_inputs(manifest, spec.name) + code,
                    targets=[site.specialist_page(spec.name)],
-                   uptodate=[SliceChanged(f"site ({spec.name})", specialist_slice(manifest, spec.name))])
+                   uptodate=[SliceChanged(f"site ({spec.name})", specialist_slice(manifest, spec.name)),
+                             present(manifest, inputs.optional_inputs(manifest, spec.name))])
     pages = inputs.pages(manifest)
     family_pages = [site.page(p) for p in inputs.FAMILY_PAGES]
     specialist_pages = [site.specialist_page(n) for n in manifest.specialists]
@@ -58,7 +59,13 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
                run_family, manifest, FAMILY,
                file_dep=inputs.family_inputs(manifest) + specialist_pages + code + [inputs.lock_file()],
                targets=family_pages + [site.config] + [site.html_of(p) for p in pages],
-               uptodate=[SliceChanged("site (family)", family_slice(manifest))])
+               uptodate=[SliceChanged("site (family)", family_slice(manifest)),
+                         present(manifest, inputs.optional_inputs(manifest))])
+
+
+def present(manifest: Manifest, files: list) -> TreeChanged:
+    """Up to date while those of `files` that exist are unchanged (one appearing rebuilds)."""
+    return TreeChanged("optional inputs", lambda: [p for p in files if p.is_file()], Layout.of(manifest).build)
 
 
 @action(NAME)

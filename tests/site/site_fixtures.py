@@ -289,10 +289,10 @@ def _served(build: Path, name: str) -> None:
     _json(evaluated / "summary.json", summary)
     if name == "beta":  # the other shape: one folder per kind
         for kind, colour in (("baseline", (40, 160, 40)), ("actual", (40, 40, 160)), ("diff", (200, 40, 40))):
-            (evaluated / "screenshots" / kind).mkdir(parents=True, exist_ok=True)
-            (evaluated / "screenshots" / kind / "a1.png").write_bytes(png(rgb=colour))
+            (evaluated.parent / "screenshots" / kind).mkdir(parents=True, exist_ok=True)
+            (evaluated.parent / "screenshots" / kind / "a1.png").write_bytes(png(rgb=colour))
     if name == "alpha":
-        shots = evaluated / "screenshots"
+        shots = evaluated.parent / "screenshots"
         shots.mkdir(parents=True, exist_ok=True)
         for kind, colour in (("baseline", (40, 160, 40)), ("actual", (40, 40, 160)), ("diff", (200, 40, 40))):
             (shots / f"s1.{kind}.png").write_bytes(png(rgb=colour))

@@ -60,6 +60,17 @@ def test_only_the_pages_that_show_a_changed_result_are_rebuilt(tmp_path, capsys)
     assert run_site_tasks(manifest, capsys) == {"site:beta", "site:family"}
     assert "2 of them got context" in (tmp_path / "site/build/specialists/beta.html").read_text()
 
+    # reports that later stages write (scorecard:family, screenshots:family) are followed when
+    # they appear and when they change, though a build need not have them
+    report = layout.model_report("alpha").json
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text('{"model": "alpha"}')
+    assert run_site_tasks(manifest, capsys) == {"site:alpha", "site:family"}
+    assert run_site_tasks(manifest, capsys) == set()
+    shots = layout.screenshots("beta").report
+    shots.write_text('{"questions": {}, "differs": 0, "recorded": 0, "matches": 0}')
+    assert run_site_tasks(manifest, capsys) == {"site:beta", "site:family"}
+
 
 def test_no_model_task_reads_an_evaluation_result(tmp_path):
     """A changed eval result rebuilds pages, not models: no training or post-training task
