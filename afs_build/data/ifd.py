@@ -36,6 +36,9 @@ MAX_ANSWER_TOKENS = 256
 # The mapping (documented in the notes): 1.0 up to IFD_OK, falling linearly to 0.0 at IFD_BAD;
 # below IFD_COPY the answer is mostly a copy of the question: 0.5 at IFD 0, 1.0 at IFD_COPY.
 IFD_OK, IFD_BAD, IFD_COPY = 0.9, 1.1, 0.25
+# Answers shorter than this are not judged: on the default data every bare factual answer
+# ("Oslo.", 3 tokens) had IFD 1.1-1.4 (a few tokens' mean loss is noise; notes/quality.md).
+MIN_ANSWER_TOKENS = 8
 
 
 def ifd_value(loss: float, loss_alone: float,
@@ -43,6 +46,8 @@ def ifd_value(loss: float, loss_alone: float,
     """``(value, reason, ifd)`` from the answer's mean loss with and without the question."""
     if tokens <= 0:
         return 1.0, "no answer tokens to measure", None  # the length signal's case
+    if tokens < MIN_ANSWER_TOKENS:
+        return 1.0, f"answer too short to judge ({tokens} tokens)", None
     if loss_alone <= 1e-6:  # nothing to explain: the base knows this answer by heart
         return 1.0, "answer predictable with or without the question", None
     ifd = loss / loss_alone
@@ -93,13 +98,15 @@ class LossCache:
 class LossModel:
     """A GGUF in llama.cpp that scores many (question, answer) pairs per decode.
 
-    Several sequences share one batch (each its own sequence id in a unified KV cache), and
-    logits are asked for only where the next token is an answer token: the losses of one batch
-    of short samples cost one forward pass.
+    Several sequences share one batch (each its own sequence id and, unless `unified`, its own
+    KV stream, so no token attends across sequences), and logits are asked for only where the
+    next token is an answer token: the losses of a batch of short samples cost one forward
+    pass. Measured on SmolLM2's F16 (notes/quality.md): about 0.18 CPU-seconds a short chat
+    sample, the same with 600- or 2048-token batches.
     """
 
     def __init__(self, gguf: Path, *, threads: Optional[int] = None, batch_tokens: int = 2048,
-                 max_sequences: int = 32):
+                 max_sequences: int = 16, unified: bool = False):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning threads crawl on busy CPUs
         import llama_cpp
 
@@ -120,9 +127,11 @@ class LossModel:
         self.batch_tokens = max(batch_tokens, need)
         self.max_sequences = max_sequences
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = self.batch_tokens
+        params.n_batch = params.n_ubatch = self.batch_tokens
         params.n_seq_max = max_sequences
-        params.kv_unified = True  # sequences share the whole context, not a slice each
+        params.kv_unified = unified
+        # each sequence its own KV stream: a token attends to its own sequence's cells only
+        params.n_ctx = self.batch_tokens if unified else max_sequences * need
         params.n_threads = params.n_threads_batch = threads or default_threads()
         _silence(llama_cpp, True)
         try:

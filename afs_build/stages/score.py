@@ -32,7 +32,8 @@ def _reads(manifest: Manifest) -> dict:
     if model:
         reads["model"] = {"name": model, "ifd": ifd.VERSION, "question_tokens":
                           ifd.MAX_QUESTION_TOKENS, "answer_tokens": ifd.MAX_ANSWER_TOKENS,
-                          "mapping": [ifd.IFD_OK, ifd.IFD_BAD, ifd.IFD_COPY]}
+                          "mapping": [ifd.IFD_OK, ifd.IFD_BAD, ifd.IFD_COPY,
+                                      ifd.MIN_ANSWER_TOKENS]}
     return reads
 
 
