@@ -235,3 +235,18 @@ def test_ifd_weight_needs_a_model(project, minimal):
     assert [str(p) for p in info.value.problems] == [
         f"{at(path, '0.5')}: quality.weights.ifd: the ifd signal needs a model: set "
         f"quality.model to one of: 'tiny', or give ifd the weight 0"]
+
+
+def test_afs_validate_rejects_the_unknown_model_and_warns_about_an_unused_one(project, minimal,
+                                                                             capsys):
+    from afs_build import cli
+
+    path = quality_project(project, minimal, model="nosuch", weights={"ifd": 1.0})
+    assert cli.main(["validate", str(path)]) != 0
+    assert f"{at(path, 'nosuch')}: quality.model: unknown model 'nosuch'" in capsys.readouterr().err
+    path = quality_project(project, minimal, model="tiny")
+    assert cli.main(["validate", str(path)]) == 0
+    where = at(path, "model: tiny").rsplit(":", 1)[0] + ":10"  # the value, after "  model: "
+    assert capsys.readouterr().err == (
+        f"{where}: quality.model: warning: quality.model is set but "
+        f"quality.weights.ifd is 0, so the model scores nothing; give ifd a weight > 0 to use it\n")
