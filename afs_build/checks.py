@@ -228,6 +228,12 @@ def check_quality(data: dict, pos: Positions, root: Path) -> Iterator[Problem]:
     if not any(weight > 0 for weight in data["quality"]["weights"].values()):
         yield pos.problem(("quality", "weights"), "every quality weight is 0; expected at least "
                           "one signal with a weight > 0")
+    quality = data["quality"]
+    if quality.get("model") is not None and quality["model"] not in data["models"]:
+        yield pos.problem(("quality", "model"), _unknown("model", quality["model"], data["models"]))
+    elif quality.get("model") is None and quality["weights"].get("ifd", 0) > 0:
+        yield pos.problem(("quality", "weights", "ifd"), "the ifd signal needs a model: set "
+                          f"quality.model to one of: {one_of(data['models'])}, or give ifd the weight 0")
 
 
 def _exists(pos: Positions, root: Path, where: tuple, rel: str, what: str) -> Iterator[Problem]:
@@ -354,4 +360,9 @@ def warnings(data: dict, pos: Positions) -> list[Problem]:
                                f"to other machines, not only this one; every request then "
                                f"needs the API key from {variable} (set it before deploying), "
                                f"and traffic is not encrypted (HTTP)"))
+    quality = data.get("quality") or {}
+    if quality.get("model") and not (quality.get("weights") or {}).get("ifd", 0):
+        out.append(pos.problem(("quality", "model"), "warning: quality.model is set but "
+                               "quality.weights.ifd is 0, so the model scores nothing; give ifd "
+                               "a weight > 0 to use it"))
     return out

@@ -219,6 +219,12 @@ class Quality:
     threshold: float
     weights: FrozenMap
     workers: typing.Union[int, str]  # a number of scoring processes, or "auto"
+    model: Optional[str] = None  # the model whose GGUF scores the ifd signal (models:)
+
+    @property
+    def model_signal(self) -> Optional[str]:
+        """The model that computes the ifd signal, or None when that signal is off."""
+        return self.model if self.model and self.weights.get("ifd", 0) > 0 else None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ Everything goes under the project's build folder (``project.build_dir``)::
       index/<index>/                chunks.sqlite (chunks, provenance, FTS5), vectors.usearch,
                                     index.json, skipped.jsonl, quality.json
       cache/embeddings/<model>/     embeddings by chunk content digest (embeddings.sqlite)
+      cache/quality/<gguf digest>/  token losses of the ifd quality signal by sample text
+                                    digest (losses.sqlite)
 
 The generated site lives outside the build folder, in ``site.dir`` (:class:`SiteFiles`).
 
@@ -572,6 +574,10 @@ class Layout:
     def embedding_cache(self, model_digest: str) -> Path:
         """Embeddings of one model, keyed by chunk content digest (shared by every index)."""
         return self.cache("embeddings") / model_digest / "embeddings.sqlite"
+
+    def quality_cache(self, model_digest: str) -> Path:
+        """A model's token losses for the ifd quality signal, keyed by sample text digest."""
+        return self.cache("quality") / model_digest / "losses.sqlite"
 
     def cache(self, kind: str) -> Path:
         """Shared caches (teacher answers, converted base models), keyed by content inside."""

@@ -9,6 +9,10 @@ A weighted mean forgives one bad signal: a refusal (boilerplate 0.0) among other
 signals still scores 0.875 with the default (equal) weights. Raise that signal's weight, or
 the threshold, where one failure must be enough.
 
+Model signals (``ifd``, :mod:`afs_build.data.ifd`) need a model's token losses: the score
+stage computes them for the whole file first (cached by content) and passes them in
+``model_values``; with their weight 0 (the default) nothing about them runs.
+
 Secrets never get this far: the ``ingest`` stage's gate (:mod:`afs_build.data.secrets`)
 rejects a sample carrying one before it is written.
 """
@@ -20,6 +24,7 @@ import math
 import os
 from typing import Callable, Iterator, Mapping, Optional
 
+from afs_build.data import ifd
 from afs_build.data.jsonl import AtomicJsonlWriter, JsonlError, dumps_line, loads
 from afs_build.data.records import Record, Reject
 from afs_build.data.signals import DEFAULT_WEIGHTS, SIGNALS, Texts
@@ -33,19 +38,23 @@ DEFAULT_THRESHOLD = 0.5
 # the README's data benchmark section).
 AUTO_MIN_BYTES = 8 << 20
 AUTO_MAX_WORKERS = 8
+# Signals that need a model's losses (computed before scoring, by the score stage): their
+# values come in `model_values`, by content key (afs_build.data.ifd).
+MODEL_SIGNALS = (ifd.SIGNAL,)
 
 
 class QualityError(StageError, ValueError):
     """Quality settings that cannot score (an unknown signal, a bad weight or threshold)."""
 
 
-def _plan(weights: Mapping[str, float], threshold: float):
+def _plan(weights: Mapping[str, float], threshold: float, model_values=None):
+    known = [*SIGNALS, *MODEL_SIGNALS]
     for name in weights:
-        if name not in SIGNALS:
-            close = difflib.get_close_matches(name, SIGNALS, n=1)
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise QualityError(f"unknown quality signal {name!r}: expected one of: "
-                               f"{list(SIGNALS)}{hint}")
+                               f"{known}{hint}")
         weight = weights[name]
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
                 or not math.isfinite(weight) or weight < 0:
@@ -56,6 +65,12 @@ def _plan(weights: Mapping[str, float], threshold: float):
         raise QualityError(f"quality threshold must be a number in [0, 1], got {threshold!r}")
     plan = tuple((name, signal, float(weights[name]))
                  for name, signal in SIGNALS.items() if weights.get(name, 0) > 0)
+    for name in MODEL_SIGNALS:
+        if weights.get(name, 0) > 0:
+            if model_values is None:
+                raise QualityError(f"quality signal {name!r} needs a model's losses: set "
+                                   f"quality.model, or give {name!r} the weight 0")
+            plan += ((name, None, float(weights[name])),)
     if not plan:
         raise QualityError("quality weights are all zero: give at least one signal a weight > 0")
     return plan, sum(weight for _, _, weight in plan)
@@ -68,15 +83,20 @@ def _compare(score: float, threshold: float) -> str:
     return f"{score:.{digits}f} < {threshold:.{digits}f}"
 
 
-def _score(sample: dict, plan, total: float, threshold: float) -> Record:
+def _score(sample: dict, plan, total: float, threshold: float, model_values=None) -> Record:
     instruction, answer = sample_texts(sample)
     texts = Texts(instruction, answer)
     signals: dict[str, dict] = {}
     weighted = 0.0
     lowest = None
     for name, signal, weight in plan:
-        value, reason = signal(texts)
-        signals[name] = {"value": value if value == 1.0 else round(value, 4), "reason": reason}
+        if signal is None:
+            value, reason, extra = _model_signal(model_values, instruction, answer)
+        else:
+            value, reason = signal(texts)
+            extra = {}
+        signals[name] = {"value": value if value == 1.0 else round(value, 4), "reason": reason,
+                         **extra}
         weighted += weight * value
         if lowest is None or value < lowest[1]:
             lowest = (name, value, reason)
@@ -94,15 +114,29 @@ def _score(sample: dict, plan, total: float, threshold: float) -> Record:
     return {**sample, "metadata": {**(sample.get("metadata") or {}), "quality": quality}}
 
 
+def _model_signal(model_values, instruction: str, answer: str) -> tuple[float, str, dict]:
+    """The ifd signal of one sample from its cached losses, with IFD and the losses beside it."""
+    try:
+        loss, alone, tokens = model_values[ifd.cache_key(instruction, answer)]
+    except KeyError:
+        raise QualityError("no model losses for a sample (computed from another file?): "
+                           "compute them from the file being scored") from None
+    value, reason, ratio = ifd.ifd_value(loss, alone, tokens)
+    extra = {"ifd": None if ratio is None else round(ratio, 4), "loss": round(loss, 4),
+             "loss_alone": round(alone, 4), "answer_tokens": tokens}
+    return value, reason, extra
+
+
 def score_sample(sample: dict, *, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
-                 threshold: float = DEFAULT_THRESHOLD) -> Record:
+                 threshold: float = DEFAULT_THRESHOLD, model_values=None) -> Record:
     """Score one sample: a copy with ``metadata["quality"]`` set, or a Reject.
 
     Raises QualityError (a ValueError) for an unknown signal name, a negative weight or a
-    threshold outside [0, 1]. Files are scored with :func:`score_file`.
+    threshold outside [0, 1], or a model signal with a weight but no `model_values` (losses by
+    :func:`afs_build.data.ifd.cache_key`). Files are scored with :func:`score_file`.
     """
-    plan, total = _plan(weights, threshold)
-    return _score(sample, plan, total, threshold)
+    plan, total = _plan(weights, threshold, model_values)
+    return _score(sample, plan, total, threshold, model_values)
 
 
 def workers_for(setting, size: int) -> int:
@@ -132,7 +166,7 @@ def workers_for(setting, size: int) -> int:
 def score_file(source, samples_path, rejects_path, *,
                weights: Mapping[str, float] = DEFAULT_WEIGHTS,
                threshold: float = DEFAULT_THRESHOLD, workers: int = 1,
-               progress: Optional[Callable[[int], None]] = None) -> dict:
+               progress: Optional[Callable[[int], None]] = None, model_values=None) -> dict:
     """Score a JSONL file of samples into a samples file and a rejects file, in input order.
 
     This is the scorer of the ``score`` stage. Both outputs are written atomically. With
@@ -141,11 +175,12 @@ def score_file(source, samples_path, rejects_path, *,
     speed (parsing Python answers with ``ast`` is most of the work). `progress` is called
     with the number of lines of each chunk done. Returns the counts: ``{"samples": kept,
     "rejects": rejected, "reject_reasons": {reason: count}}``. A line that is not JSON raises
-    :class:`~afs_build.data.jsonl.JsonlError` naming ``file:line``.
+    :class:`~afs_build.data.jsonl.JsonlError` naming ``file:line``. `model_values` holds
+    the model signals' losses by content key (:func:`afs_build.data.ifd.compute_losses`).
     """
-    _plan(weights, threshold)  # fail before reading or starting anything
+    _plan(weights, threshold, model_values)  # fail before reading or starting anything
     chunks = _line_chunks(os.fspath(source))
-    setup = (dict(weights), threshold)
+    setup = (dict(weights), threshold, model_values)
     reasons: dict[str, int] = {}
     with AtomicJsonlWriter(samples_path) as kept, AtomicJsonlWriter(rejects_path) as rejected:
         if workers > 1:
@@ -157,7 +192,7 @@ def score_file(source, samples_path, rejects_path, *,
                 results = pool.imap(_score_lines, chunks)
                 _collect(results, kept, rejected, reasons, progress)
         else:
-            state = (*_plan(*setup), threshold)
+            state = (*_plan(*setup), threshold, model_values)
             _collect((_score_lines(chunk, state) for chunk in chunks), kept, rejected, reasons,
                      progress)
     return {"samples": kept.count, "rejects": rejected.count, "reject_reasons": reasons}
@@ -192,15 +227,15 @@ def _line_chunks(path: str) -> Iterator[tuple[str, int, list[bytes]]]:
             yield path, start, lines
 
 
-def _start_worker(weights: dict, threshold: float) -> None:
+def _start_worker(weights: dict, threshold: float, model_values=None) -> None:
     global _worker  # one scoring plan per process, made once when it starts
-    _worker = (*_plan(weights, threshold), threshold)
+    _worker = (*_plan(weights, threshold, model_values), threshold, model_values)
 
 
 def _score_lines(chunk: tuple[str, int, list[bytes]], state: tuple = ()):
     """Score raw JSONL lines: (sample lines, count), (reject lines, count), reasons, lines."""
     path, start, lines = chunk
-    plan, total, threshold = state or _worker
+    plan, total, threshold, model_values = state or _worker
     good: list[bytes] = []
     bad: list[bytes] = []
     reasons: dict[str, int] = {}
@@ -211,7 +246,7 @@ def _score_lines(chunk: tuple[str, int, list[bytes]], state: tuple = ()):
             sample = loads(raw)
         except ValueError as exc:
             raise JsonlError(f"{path}:{number}: invalid JSON: {exc}") from exc
-        record = _score(sample, plan, total, threshold)
+        record = _score(sample, plan, total, threshold, model_values)
         if isinstance(record, Reject):
             bad.append(dumps_line(record.to_json()))
             key = record.reason.split(":")[0]

@@ -1,6 +1,7 @@
 """Write each base model's own GGUF, for replay sources and comparisons (baseline:<model>).
 
-A ``replay`` source has its prompts answered by the base's F16 GGUF. A base that no
+A ``replay`` source has its prompts answered by the base's F16 GGUF; the ``ifd`` quality
+signal (``quality.model``) is computed on it. A base that no
 served-only specialist serves already (the default family's Agahnim serves SmolLM2 as it is)
 is also quantized to the types its specialists serve, so that the comparison can start it on a
 free loopback port and both sides answer from the same kind of file.
@@ -38,8 +39,10 @@ def replayed(manifest: Manifest) -> list[str]:
 
 
 def models(manifest: Manifest) -> list[str]:
-    """Every model that needs its own GGUF, in manifest order."""
+    """Every model that needs its own GGUF, in manifest order (the quality model's included)."""
     wanted = set(unserved(manifest)) | set(replayed(manifest))
+    if manifest.quality.model_signal:
+        wanted.add(manifest.quality.model_signal)
     return [m for m in manifest.models if m in wanted]
 
 
