@@ -5,6 +5,7 @@ what the site's inputs are."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from afs_build import graph
 from afs_build.manifest import load
@@ -15,7 +16,9 @@ from site_fixtures import write_build
 
 def run_site_tasks(manifest, capsys) -> set[str]:
     """Run the site stage's tasks only (the rest of the build folder is written by hand, so
-    there is nothing upstream to run); returns the names of the tasks doit ran."""
+    there is nothing upstream to run); returns the names of the tasks doit ran: those whose
+    target files were written anew (doit's own console lines depend on the reporter and the
+    stream capture, so the files are the witness)."""
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
@@ -25,12 +28,21 @@ def run_site_tasks(manifest, capsys) -> set[str]:
         for task in tasks:
             yield {"basename": task["name"], **{k: v for k, v in task.items() if k != "name"}}
 
+    def stamps() -> dict:
+        found = {}
+        for task in tasks:
+            target = Path(task["targets"][0])
+            found[task["name"]] = (target.stat().st_ino, target.stat().st_mtime_ns) if target.exists() else None
+        return found
+
+    before = stamps()
     config = dict(graph.namespace(manifest)["DOIT_CONFIG"], verbosity=0)
     capsys.readouterr()
     code = DoitMain(ModuleTaskLoader({"DOIT_CONFIG": config, "task_site": task_site})).run([])
     out = capsys.readouterr().out
     assert code == 0, out
-    return {line[3:].strip() for line in out.splitlines() if line.startswith(".  ")}
+    after = stamps()
+    return {name for name in after if after[name] != before[name]}
 
 
 def test_only_the_pages_that_show_a_changed_result_are_rebuilt(tmp_path, capsys):
