@@ -321,7 +321,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if report is None:
             continue
         print(f"  {'category':<16} {'n':>3} {'spec':>5} {'base':>5} {'diff':>6}  {'95% interval':<16} W/T/L   sign p")
-        rows = [("own", report["own"]), ("general", report["general"])] + sorted(report["by_category"].items())
+        # own and general first; then each category, less the general one (shown already) and
+        # the own one when it is the only one (the same row twice says nothing)
+        shown = {manifest.eval.general_category}
+        if len(report.get("own_categories") or []) == 1:
+            shown |= set(report["own_categories"])
+        rows = [("own", report["own"]), ("general", report["general"])] + sorted(
+            (k, v) for k, v in report["by_category"].items() if k not in shown)
         for label, row in rows:
             if not row["questions"]:
                 continue
