@@ -4,8 +4,9 @@ A specialist trained on its subject alone forgets general ability: measured on t
 family, Veran trained with hand-written short general answers in its mix answered "Which
 planet orbits closest to the Sun?" with "Mars" where its base said Mercury. Replaying the
 base's *own* answers to general prompts (self-distillation) asks the adapter to leave those
-answers as they were instead of teaching it a new style: with them in the mix, Veran's general
-score stayed at its base's. The prompts come from any file the ``custom`` readers take (their
+answers as they were instead of teaching it a new style: in the README's experiments (Veran)
+replay lost less on general questions than hand-written answers did (-0.17 against -0.33),
+though no setting was measured to keep the base's general score. The prompts come from any file the ``custom`` readers take (their
 answers are dropped), the answers from the base's own GGUF through llama.cpp, greedy.
 
 Answers are cached by a digest of the model file, the prompt and the settings, so a rebuild
