@@ -5,7 +5,8 @@ family, Veran trained with hand-written short general answers in its mix answere
 planet orbits closest to the Sun?" with "Mars" where its base said Mercury. Replaying the
 base's *own* answers to general prompts (self-distillation) asks the adapter to leave those
 answers as they were instead of teaching it a new style: in the README's experiments (Veran)
-replay lost less on general questions than hand-written answers did (-0.17 against -0.33),
+replay did better on general questions than hand-written answers (on the same 6: +0.17
+  against -0.33 for the base),
 though no setting was measured to keep the base's general score. The prompts come from any file the ``custom`` readers take (their
 answers are dropped), the answers from the base's own GGUF through llama.cpp, greedy.
 
