@@ -5,9 +5,9 @@ family, Veran trained with hand-written short general answers in its mix answere
 planet orbits closest to the Sun?" with "Mars" where its base said Mercury. Replaying the
 base's *own* answers to general prompts (self-distillation) asks the adapter to leave those
 answers as they were instead of teaching it a new style: in the README's experiments (Veran)
-replay did better on general questions than hand-written answers (on the same 6: +0.17
-  against -0.33 for the base),
-though no setting was measured to keep the base's general score. The prompts come from any file the ``custom`` readers take (their
+replay did better on general questions than hand-written answers (on the same 6 questions:
++0.17 against -0.33, relative to the base), though no setting was measured to keep the
+base's general score. The prompts come from any file the ``custom`` readers take (their
 answers are dropped), the answers from the base's own GGUF through llama.cpp, greedy.
 
 Answers are cached by a digest of the model file, the prompt and the settings, so a rebuild
