@@ -140,7 +140,9 @@ def rejects(path: Path) -> list[dict]:
         entry = reasons.setdefault(key, {"reason": key, "count": 0, "examples": []})
         entry["count"] += 1
         if len(entry["examples"]) < REJECT_EXAMPLES:
-            entry["examples"].append(record)
+            # rejects of different stages carry different fields (a near-duplicate has a line
+            # but no file, a skipped file no line): the page reads each one as possibly absent
+            entry["examples"].append({k: record.get(k) for k in ("source", "file", "line", "reason", "excerpt")})
     return sorted(reasons.values(), key=lambda e: (-e["count"], e["reason"]))
 
 

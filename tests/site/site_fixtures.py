@@ -198,7 +198,12 @@ def _trained(build: Path, name: str) -> None:
         {"excerpt": "q2 " + HOSTILE, "file": "chat.jsonl", "line": 3, "reason": "duplicate: exact copy of chat.jsonl:2",
          "source": "chat"},
         {"excerpt": "q4", "file": "chat.jsonl", "line": 5, "reason": "near-duplicate: Jaccard 0.9 with chat.jsonl:4",
-         "source": "chat"}])
+         "source": "chat"},
+        # the shapes the real writers also write: a near-duplicate with a line but no file, a
+        # skipped file with no line and no excerpt
+        {"detail": {"duplicate_of": "098ac5b2", "jaccard": 0.86}, "excerpt": "q5", "line": 6,
+         "reason": "near-duplicate of 098ac5b2 (jaccard ~0.86)", "source": "chat"},
+        {"file": "docs/link", "reason": "symbolic link (not followed)", "source": "chat"}])
     train = build / "specialists" / name / "train"
     steps = METRIC_STEPS[name]
     _jsonl(train / "metrics.jsonl", [{"step": s, "total_steps": steps, "epoch": round(s / 4, 4), "loss": 6 - s * 0.3,
