@@ -87,16 +87,7 @@ class Guard:
         raw = json.dumps(data, ensure_ascii=False).encode("utf-8")
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         scope = {**scope, "headers": headers + [(b"content-length", str(len(raw)).encode())]}
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, _scrubbed(send))
+        return await self.app(scope, replay(raw, receive), _scrubbed(send))
 
     def _authorized(self, scope) -> bool:
         for name, value in scope["headers"]:
@@ -155,6 +146,20 @@ class Guard:
             traceback.print_exc()
             raise BadRequest(500, error("the server could not check this request; its log "
                                         "has the details", kind="server_error")) from None
+
+def replay(body: bytes, receive):
+    """A receive that gives `body` once, then the client's own messages (its disconnect)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
 
 def _scrubbed(send):
     """`send` with a 5xx response's body replaced: its details belong in server.log only."""

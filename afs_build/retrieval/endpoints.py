@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from ..deploy.guard import replay
 from .search import MODES, RetrievalError
 
 CHAT = "/v1/chat/completions"
@@ -162,12 +163,12 @@ class RetrievalApp:
             data["messages"] = augment(messages, [h.chunk for h in hits], self.settings.context_chars)
         body = json.dumps(data, ensure_ascii=False).encode("utf-8")
         if not hits:
-            return await self.app(scope, _replay(body, receive), send)
+            return await self.app(scope, replay(body, receive), send)
         retrieval = {"index": self.index_name, "chunks": [
             {k: v for k, v in h.to_json().items() if k != "text"} for h in hits]}
         if data.get("stream"):  # a stream has no place for it: a header says what was retrieved
             cited = sources_line([h.chunk for h in hits]) if self.settings.cite else None
-            return await self.app(scope, _replay(body, receive), _streamed(send, retrieval, cited))
+            return await self.app(scope, replay(body, receive), _streamed(send, retrieval, cited))
         status, headers, raw = await _capture(self.app, scope, body, receive)
         try:
             reply = json.loads(raw)
@@ -215,20 +216,6 @@ def _object(body: bytes) -> dict:
     return data
 
 
-def _replay(body: bytes, receive):
-    """A receive that gives `body` once, then the client's own messages (its disconnect)."""
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
-
-
 RETRIEVAL_HEADER = b"x-afs-retrieval"  # read by afs_build.evaluation.client
 
 
@@ -267,7 +254,7 @@ async def _capture(app, scope, body: bytes, receive) -> tuple[int, list, bytes]:
         elif message["type"] == "http.response.body":
             parts.append(message.get("body", b""))
 
-    await app(scope, _replay(body, receive), send)
+    await app(scope, replay(body, receive), send)
     return status, headers, b"".join(parts)
 
 
