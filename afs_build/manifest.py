@@ -175,6 +175,7 @@ class SpecialistRetrieval:
     top_k: int
     context_chars: int
     train_context: bool
+    min_similarity: Optional[float]
     cite: bool
 
 

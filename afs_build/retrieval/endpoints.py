@@ -159,7 +159,8 @@ class RetrievalApp:
         at = query_turn(messages) if wanted and isinstance(messages, list) else None
         hits = []
         if at is not None:
-            hits = await asyncio.to_thread(self.retriever().search, messages[at]["content"], top_k)
+            hits = await asyncio.to_thread(self.retriever().search, messages[at]["content"], top_k, None,
+                                           self.settings.min_similarity)
             data["messages"] = augment(messages, [h.chunk for h in hits], self.settings.context_chars)
         body = json.dumps(data, ensure_ascii=False).encode("utf-8")
         if not hits:

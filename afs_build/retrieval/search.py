@@ -167,8 +167,10 @@ class Retriever:
                 out["dense"] = self._reader.dense(self.embed_queries([query])[0], k)
         return out
 
-    def fuse(self, ranked: dict, mode: str, top_k: int) -> list[Hit]:
-        """The top `top_k` hits of one mode from :meth:`rankings`' output."""
+    def fuse(self, ranked: dict, mode: str, top_k: int, min_similarity: Optional[float] = None) -> list[Hit]:
+        """The top `top_k` hits of one mode from :meth:`rankings`' output; with `min_similarity`,
+        only chunks whose embedding is at least that similar to the query's (cosine), so an
+        off-subject question gets none. Lexical search has no similarity and keeps every hit."""
         s = self.index.search
         lexical = {i: (r, v) for r, (i, v) in enumerate(ranked["lexical"], start=1)}
         dense = {i: (r, v) for r, (i, v) in enumerate(ranked["dense"], start=1)}
@@ -179,19 +181,25 @@ class Retriever:
         else:
             order = rrf([[i for i, _ in ranked["lexical"]], [i for i, _ in ranked["dense"]]],
                         k=s.rrf_k, weights=[s.lexical_weight, s.dense_weight])
+        if min_similarity is not None and mode != "lexical":
+            order = [(i, v) for i, v in order if i in dense and dense[i][1] >= min_similarity]
         order = order[:top_k]
         with self._lock:
             chunks = self._reader.chunks(i for i, _ in order)
         return [Hit(i, chunks[i], v, lexical.get(i), dense.get(i)) for i, v in order if i in chunks]
 
-    def search(self, query: str, top_k: int = 5, mode: Optional[str] = None) -> list[Hit]:
-        """The best `top_k` chunks for `query` (mode: the index's own unless given)."""
+    def search(self, query: str, top_k: int = 5, mode: Optional[str] = None,
+               min_similarity: Optional[float] = None) -> list[Hit]:
+        """The best `top_k` chunks for `query` (mode: the index's own unless given; see
+        :meth:`fuse` for `min_similarity`)."""
         mode = mode or self.index.search.mode
         if mode not in MODES:
             raise StageError(f"unknown search mode {mode!r}; expected one of: {', '.join(MODES)}")
-        return self.fuse(self.rankings(query, max(top_k, self.index.search.candidates), (mode,)), mode, top_k)
+        return self.fuse(self.rankings(query, max(top_k, self.index.search.candidates), (mode,)), mode, top_k,
+                         min_similarity)
 
-    def search_many(self, queries: list[str], top_k: int, mode: Optional[str] = None) -> list[list[Hit]]:
+    def search_many(self, queries: list[str], top_k: int, mode: Optional[str] = None,
+                    min_similarity: Optional[float] = None) -> list[list[Hit]]:
         """:meth:`search` for many queries, their embeddings computed in batches."""
         mode = mode or self.index.search.mode
         k = max(top_k, self.index.search.candidates)
@@ -202,7 +210,7 @@ class Retriever:
             with self._lock:
                 ranked = {"lexical": self._reader.lexical(query, k) if mode != "dense" else [],
                           "dense": self._reader.dense(vector, k) if mode != "lexical" else []}
-            out.append(self.fuse(ranked, mode, top_k))
+            out.append(self.fuse(ranked, mode, top_k, min_similarity))
         return out
 
     def close(self) -> None:

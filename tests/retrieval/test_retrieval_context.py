@@ -47,7 +47,8 @@ def test_augment_changes_only_the_query_turn_of_a_copy():
 def test_training_samples_get_their_own_question_s_context(tmp_path):
     manifest = write_project(tmp_path, specialists={"hylia": {
         "role": "R", "base": "tiny", "mix": "general", "hardware": "cpu", "port": 6111,
-        "retrieval": {"index": "code", "top_k": 2, "context_chars": 80, "train_context": True}}})
+        "retrieval": {"index": "code", "top_k": 2, "context_chars": 80, "train_context": True,
+                      "min_similarity": None}}})
     log.setup(Layout.of(manifest).log_file)
     build(manifest, "code", "index:code")
     samples = [{"id": "a", "messages": [{"role": "user", "content": "Which file defines `minhash_signatures`?"},
@@ -61,9 +62,23 @@ def test_training_samples_get_their_own_question_s_context(tmp_path):
     assert train[0]["messages"][1] == samples[0]["messages"][1] and train[0]["id"] == "a"
     assert train[0]["metadata"]["retrieved"][0] == "dedup.py:6-8" and len(train[0]["metadata"]["retrieved"]) == 2
     assert train[1] == samples[1] and evals[0]["messages"] == train[0]["messages"]
-    assert stats == {"index": "code", "top_k": 2, "context_chars": 80, "samples": 3, "with_context": 2,
-                     "without_query": 1, "own_file_retrieved": 2, "with_provenance": 2}
+    assert stats == {"index": "code", "top_k": 2, "context_chars": 80, "min_similarity": None, "samples": 3,
+                     "with_context": 2, "without_query": 1, "below_similarity": 0, "own_file_retrieved": 2,
+                     "with_provenance": 2}
     json.dumps(train)
+
+
+def test_a_sample_whose_question_finds_nothing_similar_enough_stays_without_context(tmp_path):
+    manifest = write_project(tmp_path, specialists={"hylia": {
+        "role": "R", "base": "tiny", "mix": "general", "hardware": "cpu", "port": 6111,
+        "retrieval": {"index": "code", "top_k": 2, "train_context": True, "min_similarity": 0.9999}}})
+    log.setup(Layout.of(manifest).log_file)
+    build(manifest, "code", "index:code")
+    sample = {"id": "a", "messages": [{"role": "user", "content": "What is the capital of Japan?"},
+                                      {"role": "assistant", "content": "Tokyo."}]}
+    (train,), stats = add_context(manifest, "hylia", [sample])
+    assert train == [sample]
+    assert (stats["with_context"], stats["below_similarity"], stats["min_similarity"]) == (0, 1, 0.9999)
 
 
 def test_the_mix_of_a_train_context_specialist_carries_the_context(tmp_path):

@@ -43,7 +43,7 @@ def test_unknown_keys_are_positioned_errors_with_suggestions(project, minimal):
                          {"index": "code", "topk": 2})
     assert problems(path) == [
         f"{at(path, 'topk')}: specialists.alpha.retrieval.topk: unknown key 'topk'; expected one of: "
-        "'cite', 'context_chars', 'index', 'top_k', 'train_context' (did you mean 'top_k'?)",
+        "'cite', 'context_chars', 'index', 'min_similarity', 'top_k', 'train_context' (did you mean 'top_k'?)",
         f"{at(path, 'chunkng')}: retrieval.indexes.code.chunkng: unknown key 'chunkng'; expected one of: "
         "'chunking', 'description', 'embedding', 'exclude', 'include', 'max_file_kb', 'paths', "
         "'questions', 'respect_gitignore', 'search', 'sources' (did you mean 'chunking'?)"]

@@ -58,3 +58,16 @@ def test_dense_search_finds_by_meaning(minilm_index):
     assert retriever.search("replace a file safely so readers never see half of it", 1, "dense")[0].chunk.file == "atomic.py"
     # Words the question shares with no chunk: BM25 finds nothing, dense still answers.
     assert retriever.search("how is music played", 1, "lexical") == []
+
+
+def test_an_off_subject_question_gets_no_chunk_above_the_similarity_floor(minilm_index):
+    manifest, _ = minilm_index
+    retriever = Retriever(manifest, "code")
+    on_subject = retriever.search("How many colors does the palette hold?", 3, min_similarity=0.3)
+    assert on_subject and on_subject[0].chunk.symbol == "Notes > Colors"
+    assert all(h.dense[1] >= 0.3 for h in on_subject)
+    assert len(on_subject) < len(retriever.search("How many colors does the palette hold?", 3))
+    assert retriever.search("What is the capital of Japan?", 3, min_similarity=0.3) == []
+    assert retriever.search("What is the capital of Japan?", 3)  # without the floor: the nearest anyway
+    # Lexical search has no similarity to hold against the floor: it keeps what it finds.
+    assert retriever.search("palette colors", 3, "lexical", min_similarity=0.99)
