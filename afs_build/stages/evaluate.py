@@ -99,12 +99,20 @@ def run(manifest: Manifest, name: str) -> None:
     if spec.retrieval is not None:  # the same questions without retrieval, for the difference
         from ..retrieval.effect import effect
 
-        with log.step(task_name, "asking again without retrieval", specialist=name), \
-                log.progress(task_name, len(mine)) as advance:
-            plain = benchmark.run(endpoint, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
+        # A question the server put no context in front of (nothing similar enough in the
+        # index) was already asked exactly as it would be without retrieval: same model, same
+        # messages, greedy. Its reply is reused, not asked for again.
+        asked = {r["question_id"]: r for r in results}
+        same = {q["id"] for q in mine if not asked[q["id"]].get("retrieved") and not asked[q["id"]].get("error")}
+        again = [q for q in mine if q["id"] not in same]
+        with log.step(task_name, "asking again without retrieval", specialist=name,
+                      reused=len(same)), log.progress(task_name, len(again)) as advance:
+            fresh = benchmark.run(endpoint, again, system_prompt=spec.system_prompt, run_id=log.run_id(),
                                   model_file=gguf.relative_to(layout.build).as_posix(),
                                   quant=served_kind(spec), cache=cache, advance=advance,
                                   extra={"retrieval": False})
+        by_id = {r["question_id"]: r for r in fresh}
+        plain = [by_id[q["id"]] if q["id"] in by_id else {**asked[q["id"]], "cached": True} for q in mine]
         write_jsonl(files.without_retrieval, plain)
         write_json(files.retrieval_effect, effect(manifest, name, questions, results, plain))
     write_jsonl(files.results, results)

@@ -606,11 +606,33 @@ def collate(rows, pad_id, attn_implementation="sdpa"):
     return batch
 
 
-def micro_batches(units, batch_size, seed, epoch):
-    """The epoch's micro-batches: the units in a seeded order, batch_size at a time."""
+BATCH_WINDOW = 8  # micro-batches whose units are sorted by length together
+
+
+def micro_batches(units, batch_size, seed, epoch, window=BATCH_WINDOW):
+    """The epoch's micro-batches: the units in a seeded order, batch_size at a time.
+
+    A batch is padded to its longest row, so the units of every `window` batches in that order
+    are sorted by length before they are cut into batches, and the batches are shuffled again:
+    each batch holds units of about one length (a mix of 100-token answers and 400-token
+    samples with retrieved context padded 15-18% of its tokens otherwise), while what a batch
+    sees stays random beyond its window.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(units)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return [[units[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+    rng.shuffle(order)
+    span = batch_size * max(1, window)
+    batches = []
+    for k in range(0, len(order), span):
+        part = sorted(order[k:k + span], key=lambda i: unit_tokens(units[i]))
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return [[units[i] for i in batch] for batch in batches]
+
+
+def unit_tokens(unit):
+    """Tokens in one unit (a packed row or a single sample)."""
+    return sum(len(sample.get("input_ids", ())) for sample in unit)
 
 
 def label_count(rows):

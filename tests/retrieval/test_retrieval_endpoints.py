@@ -40,14 +40,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def hylia(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hylia")
+def serve_hylia(root, retrieval: dict):
     port = free_port()
     manifest = write_project(root, specialists={"hylia": {
         "role": "Retrieval", "base": "tiny", "mix": "general", "hardware": "cpu", "port": port,
         "quantize": ["F16"], "context_length": 512, "system_prompt": "You are Hylia.",
-        "retrieval": {"index": "code", "top_k": 2, "context_chars": 60, "cite": True}}},
+        "retrieval": retrieval}},
         extra={"deploy": {"lmstudio_dir": str(root / "lmstudio")}, "eval": {"suite": "suite.jsonl"}},
         files={"suite.jsonl": SUITE})
     layout = Layout.of(manifest)
@@ -57,9 +55,36 @@ def hylia(tmp_path_factory):
     gguf.parent.mkdir(parents=True)
     os.link(tiny_gguf(root / "model"), gguf)
     assert deploy.run(manifest, "hylia") is None  # the stage's action: no TaskFailed
+    return manifest, layout, port
+
+
+@pytest.fixture(scope="module")
+def hylia(tmp_path_factory):
+    manifest, layout, port = serve_hylia(tmp_path_factory.mktemp("hylia"), {
+        "index": "code", "top_k": 2, "context_chars": 60, "cite": True, "min_similarity": None})
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
     yield manifest, layout, port, client
     server.stop(layout, manifest)
+
+
+def test_questions_that_got_no_context_are_not_asked_again_without_retrieval(tmp_path):
+    from afs_build.stages import evaluate
+
+    # no chunk of the tiny index is this similar to either question: both are asked once
+    manifest, layout, _ = serve_hylia(tmp_path, {"index": "code", "top_k": 2, "min_similarity": 0.9999})
+    try:
+        assert evaluate.run(manifest, "hylia") is None
+    finally:
+        server.stop(layout, manifest)
+    files = layout.eval("hylia")
+    with_rows = [json.loads(line) for line in files.results.read_text().splitlines()]
+    without = [json.loads(line) for line in files.without_retrieval.read_text().splitlines()]
+    assert not any("retrieved" in r for r in with_rows)
+    assert [r["reply"] for r in without] == [r["reply"] for r in with_rows]
+    assert all(r["cached"] for r in without)
+    events = [json.loads(line) for line in layout.log_file.read_text().splitlines()]
+    assert any(e["event"] == "asking again without retrieval: done" and (e.get("data") or {}).get("reused") == 2
+               for e in events)
 
 
 def post(port: int, path: str, body: dict) -> tuple[int, dict]:

@@ -401,6 +401,26 @@ def test_pack_fits_rows_and_keeps_every_sample():
     assert loop.units_of(samples, False, 128) == [[s] for s in samples]
 
 
+def test_micro_batches_group_units_of_one_length_and_keep_every_unit_once():
+    import random
+
+    rng = random.Random(3)
+    units = [[{"id": i, "input_ids": [0] * rng.choice([60, 90, 350, 420])}] for i in range(160)]
+    batches = loop.micro_batches(units, 4, 42, 0)
+    assert sorted(u[0]["id"] for b in batches for u in b) == list(range(160))
+    assert batches == loop.micro_batches(units, 4, 42, 0) != loop.micro_batches(units, 4, 42, 1)
+
+    def padded(bs):
+        return sum(max(loop.unit_tokens(u) for u in b) * len(b) for b in bs)
+
+    real = sum(loop.unit_tokens(u) for u in units)
+    ungrouped = loop.micro_batches(units, 4, 42, 0, window=1)  # a random order cut in fours
+    assert padded(batches) - real < (padded(ungrouped) - real) / 2  # less than half the padding
+    # beyond its window of 8 batches the order stays random: not one long sorted run
+    lengths = [loop.unit_tokens(b[0]) for b in batches]
+    assert lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True)
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     cosine = [loop.schedule(s, 10, 2, "cosine") for s in range(10)]
     linear = [loop.schedule(s, 10, 2, "linear") for s in range(10)]
