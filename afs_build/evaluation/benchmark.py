@@ -73,7 +73,10 @@ def with_retrieval(endpoint: Endpoint, report, settings) -> Endpoint:
     stable = {"model": data.get("model"), "settings": data.get("settings"),
               "inputs": {path: entry[-1] for path, entry in sorted((data.get("inputs") or {}).items())
                          if isinstance(entry, list) and entry}}
-    text = json.dumps({"index": stable, "settings": dataclasses.asdict(settings)}, sort_keys=True, default=str)
+    from ..retrieval.context import CONTEXT_FORMAT
+
+    text = json.dumps({"index": stable, "settings": dataclasses.asdict(settings), "format": CONTEXT_FORMAT},
+                      sort_keys=True, default=str)
     return dataclasses.replace(endpoint, context=f"retrieval:{hashlib.sha256(text.encode()).hexdigest()[:16]}")
 
 

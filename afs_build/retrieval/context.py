@@ -26,19 +26,55 @@ from .chunking import Chunk
 
 CONTEXT_HEADER = "Context:"
 QUESTION_HEADER = "Question:"
+# Part of the eval cache's key for retrieving servers: a change to what a prompt's context looks
+# like changes the replies, as a change to the index does.
+CONTEXT_FORMAT = 2
+# Fields of a fact-table entry that say what kind of entry it is, not what it says.
+_KIND_FIELDS = {"topic", "category", "kind", "type", "tags"}
 
 
 def clip(text: str, limit: int) -> str:
-    """The first lines of `text` that fit in `limit` characters (at least part of the first)."""
+    """The first lines of `text` that fit in `limit` characters (at least part of the first); a
+    line that does not fit whole, with 40 or more characters of room left, is cut after its last
+    word that fits (a fact's answer is one long line: dropping it would leave only its name)."""
     if len(text) <= limit:
         return text
     kept, size = [], 0
     for line in text.split("\n"):
         if size + len(line) + 1 > limit:
+            room = limit - size
+            if kept and room >= 40:
+                cut = line[:room].rsplit(" ", 1)[0].rstrip()
+                if cut:
+                    kept.append(cut)
             break
         kept.append(line)
         size += len(line) + 1
     return "\n".join(kept).rstrip() if kept else text[:limit]
+
+
+def prompt_text(chunk: Chunk) -> str:
+    """What of a chunk a prompt shows: its text, but a fact-table entry (a YAML list item) as its
+    fields on one line and its answer after them, without the YAML's keys, folding and
+    indentation: the same facts in about 60% of the characters, so `context_chars` holds the
+    answer of an entry rather than its first fields."""
+    if chunk.kind != "entry":
+        return chunk.text
+    import yaml
+
+    try:
+        item = yaml.safe_load(chunk.text)
+    except yaml.YAMLError:
+        return chunk.text
+    if not (isinstance(item, list) and len(item) == 1 and isinstance(item[0], dict)):
+        return chunk.text
+    fields, body = [], []
+    for key, value in item[0].items():
+        if key in _KIND_FIELDS or value is None or isinstance(value, (dict, list)):
+            continue
+        text = " ".join(str(value).split())
+        (body if len(text) > 120 else fields).append(text if len(text) > 120 else f"{key}: {text}")
+    return "\n".join(["; ".join(fields)] * bool(fields) + body) or chunk.text
 
 
 def heading(number: int, chunk: Chunk) -> str:
@@ -47,7 +83,7 @@ def heading(number: int, chunk: Chunk) -> str:
 
 def format_context(chunks: Sequence[Chunk], context_chars: int) -> str:
     """The context block of `chunks`, in rank order."""
-    parts = [f"{heading(i, c)}\n{clip(c.text, context_chars)}" for i, c in enumerate(chunks, start=1)]
+    parts = [f"{heading(i, c)}\n{clip(prompt_text(c), context_chars)}" for i, c in enumerate(chunks, start=1)]
     return CONTEXT_HEADER + "\n" + "\n\n".join(parts)
 
 

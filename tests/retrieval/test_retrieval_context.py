@@ -8,7 +8,7 @@ from afs_build import log
 from afs_build.paths import Layout
 from afs_build.retrieval.build import build
 from afs_build.retrieval.chunking import Chunk
-from afs_build.retrieval.context import augment, clip, format_context, sources_line, with_context
+from afs_build.retrieval.context import augment, clip, format_context, prompt_text, sources_line, with_context
 from afs_build.retrieval.training import add_context
 from retrieval_helpers import write_project
 
@@ -24,12 +24,27 @@ def test_the_context_format_is_path_and_symbol_first_then_the_question():
         "class Decontaminator:\n"
         '    """Drop samples that match a question."""\n\n'
         "[2] data/facts.yaml:7\n"
-        "- register: INIDISP\n\n"
+        "register: INIDISP\n\n"
         "Question: Which file defines `Decontaminator`?")
     assert format_context([], 10) == "Context:\n"
     assert with_context("Q?", [], 10) == "Q?"
     assert clip("abcdef", 3) == "abc" and clip("ab\ncd\nef", 6) == "ab\ncd"
+    # a long last line is cut after a word, not dropped, when 40 or more characters are left
+    assert clip("name: X\n" + "word " * 30, 60) == "name: X\n" + " ".join(["word"] * 10)
+    assert clip("a" * 30 + "\n" + "word " * 30, 60) == "a" * 30
     assert sources_line(CHUNKS) == "Sources: [1] data/decontam.py:59-64 (Decontaminator); [2] data/facts.yaml:7"
+
+
+def test_a_fact_entry_shows_its_fields_on_one_line_and_its_answer_unfolded():
+    entry = Chunk("facts", "data/facts.yaml", 3, 9, "INIDISP", "entry", "yaml",
+                  '- topic: ppu\n  register: INIDISP\n  address: "$2100"\n  answer: >-\n'
+                  '    Bit 7 turns forced blanking on. Bits 0-3 set the master brightness from 0 to 15,\n'
+                  '    in sixteen steps, which games fade in and out.')
+    assert prompt_text(entry) == ("register: INIDISP; address: $2100\n"
+                                  "Bit 7 turns forced blanking on. Bits 0-3 set the master brightness from 0 to 15, "
+                                  "in sixteen steps, which games fade in and out.")
+    broken = Chunk("facts", "f.yaml", 1, 1, "", "entry", "yaml", "- a: [unclosed")
+    assert prompt_text(broken) == broken.text and prompt_text(CHUNKS[0]) == CHUNKS[0].text
 
 
 def test_augment_changes_only_the_query_turn_of_a_copy():
