@@ -188,7 +188,7 @@ def test_a_retrieving_servers_replies_are_cached_by_its_index_and_settings(tmp_p
         report.write_text(json.dumps({"model": {"name": "m"}, "settings": "s1", "built": str(mtime), "seconds": mtime,
                                       "inputs": {"/a.py": [10, mtime, digest]}}))
 
-    settings = SpecialistRetrieval(index="code", top_k=3, context_chars=300, train_context=False, cite=False)
+    settings = SpecialistRetrieval(index="code", top_k=3, context_chars=300, train_context=False, min_similarity=0.3, cite=False)
     plain = Endpoint("hylia", "http://127.0.0.1:1/v1", digest="file-1")
     write("d1", 1)
     first = benchmark.with_retrieval(plain, report, settings)
@@ -198,7 +198,7 @@ def test_a_retrieving_servers_replies_are_cached_by_its_index_and_settings(tmp_p
     write("d2", 2)  # a file indexed changed: another key
     assert benchmark.with_retrieval(plain, report, settings).cache_digest != first.cache_digest
     write("d1", 3)
-    more = SpecialistRetrieval(index="code", top_k=5, context_chars=300, train_context=False, cite=False)
+    more = SpecialistRetrieval(index="code", top_k=5, context_chars=300, train_context=False, min_similarity=0.3, cite=False)
     assert benchmark.with_retrieval(plain, report, more).cache_digest != first.cache_digest
     report.unlink()
     assert benchmark.with_retrieval(plain, report, settings).cache_digest != \

@@ -84,13 +84,17 @@ def test_a_specialist_naming_an_index_needs_the_section(project, minimal):
                               "'code'; no indexes are defined: add one under retrieval.indexes"]
 
 
-def test_the_default_manifest_indexes_the_codebase_and_facts_for_majora_and_hylia():
+def test_the_default_manifest_gives_every_trained_specialist_an_index():
     manifest = load(REPO / "afs.yaml")
     index = manifest.retrieval.indexes["afs"]
     assert set(index.sources) >= {"afs-codebase", "snes-hardware"}
     assert index.questions == "data/eval/retrieval.jsonl"
-    assert manifest.specialists["majora"].retrieval.index == "afs"
-    hylia = manifest.specialists["hylia"].retrieval
-    assert hylia.index == "afs" and not hylia.train_context and not hylia.cite
-    assert [n for n, s in manifest.specialists.items() if s.retrieval] == ["majora", "hylia"]
+    assert set(manifest.retrieval.indexes["facts"].sources) == {"snes-hardware", "asm-65816", "optimization",
+                                                                "debugging"}
+    majora, hylia = manifest.specialists["majora"].retrieval, manifest.specialists["hylia"].retrieval
+    assert majora.index == hylia.index == "afs" and not majora.train_context and hylia.train_context
+    assert not hylia.cite and hylia.min_similarity == 0.3
+    trained = [n for n, s in manifest.specialists.items() if s.train]
+    assert [n for n, s in manifest.specialists.items() if s.retrieval] == trained
+    assert all(manifest.specialists[n].retrieval.index == "facts" for n in trained if n not in ("majora", "hylia"))
     yaml.safe_load((REPO / "afs.yaml").read_text())
