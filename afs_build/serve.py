@@ -126,16 +126,6 @@ class Vocabulary:
         return abs(n)
 
 
-def usable_cpus(most: int = 8) -> int:
-    """The cores this process may run on (its affinity, not the machine's count), at most `most`:
-    beyond about 8 a model this small gains nothing from more threads."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    return max(1, min(count, most))
-
-
 def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", port: int = 8000,
               n_threads: Optional[int] = None, api_key: Optional[str] = None,
               max_body: Optional[int] = None, retrieval: Optional[Path] = None):
@@ -147,9 +137,9 @@ def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", p
     from .deploy.request_checks import RequestChecker
 
     os.environ.pop("CONFIG_FILE", None)  # create_app would read its settings from there instead
-    # llama-cpp-python's own default is half the cores: one thread on a 2-core machine, which
-    # generates at about half the speed the second core gives (bench/serve_threads.py).
-    extra = {"n_threads": n_threads or usable_cpus()}
+    # llama-cpp-python's own default (half the cores) is kept: on the 2-core machine a 135M
+    # model generated at half the speed with both (bench/serve_threads.py: 0.50x).
+    extra = {"n_threads": n_threads} if n_threads else {}
     chat_format, n_vocab, formatter = inspect_model(model, alias)
     settings = ModelSettings(model=str(model), model_alias=alias, n_ctx=n_ctx,
                              chat_format=chat_format, verbose=False, **extra)
@@ -182,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--n-ctx", type=int, default=2048, help="context length")
     parser.add_argument("--n-threads", type=int, default=None,
-                        help="threads for generation (default: the usable cores, at most 8)")
+                        help="threads for generation (default: llama-cpp-python's, half the cores)")
     parser.add_argument("--max-body-bytes", type=int, default=None,
                         help="largest request body taken (default: from the context length)")
     parser.add_argument("--pid-file", default="", help="the pid file afs keeps for this server")

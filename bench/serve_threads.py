@@ -1,6 +1,6 @@
-"""What the second core buys a served specialist: generation speed with one thread (the
-llama-cpp-python server's own default on a 2-core machine, half the cores) against the usable
-cores (afs's default, ``afs_build.serve.usable_cpus``), same model, same prompts, in one run.
+"""What more threads buy a served specialist: generation speed with one thread (the
+llama-cpp-python server's own default on a 2-core machine, half the cores, which afs keeps)
+against every usable core, same model, same prompts, in one run.
 
 Each round times greedy chat completions of the same questions with a context block in front
 (the shape a retrieving specialist's prompt has), once per thread count, alternating so drift on
@@ -55,10 +55,8 @@ def main() -> int:
     args = parser.parse_args()
     from llama_cpp import Llama
 
-    from afs_build.serve import usable_cpus
-
     gguf = args.gguf or embedded_gguf()
-    counts = sorted({1, usable_cpus()})
+    counts = sorted({1, len(os.sched_getaffinity(0))})
     models = {n: Llama(model_path=str(gguf), n_ctx=2048, n_threads=n, verbose=False, seed=0) for n in counts}
     questions = (QUESTIONS * 4)[:args.questions]
     times: dict[int, list[float]] = {n: [] for n in counts}

@@ -92,7 +92,7 @@ def test_the_default_manifest_gives_every_trained_specialist_an_index():
     assert set(manifest.retrieval.indexes["facts"].sources) == {"snes-hardware", "asm-65816", "optimization",
                                                                 "debugging"}
     majora, hylia = manifest.specialists["majora"].retrieval, manifest.specialists["hylia"].retrieval
-    assert majora.index == hylia.index == "afs" and not majora.train_context and hylia.train_context
+    assert majora.index == hylia.index == "afs" and majora.train_context and hylia.train_context
     assert not hylia.cite and hylia.min_similarity == 0.3
     trained = [n for n, s in manifest.specialists.items() if s.train]
     assert [n for n, s in manifest.specialists.items() if s.retrieval] == trained
