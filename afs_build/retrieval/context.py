@@ -68,13 +68,17 @@ def prompt_text(chunk: Chunk) -> str:
         return chunk.text
     if not (isinstance(item, list) and len(item) == 1 and isinstance(item[0], dict)):
         return chunk.text
-    fields, body = [], []
+    fields, body = [], []  # short values named on one line; long ones (answers) as text
     for key, value in item[0].items():
         if key in _KIND_FIELDS or value is None or isinstance(value, (dict, list)):
             continue
         text = " ".join(str(value).split())
-        (body if len(text) > 120 else fields).append(text if len(text) > 120 else f"{key}: {text}")
-    return "\n".join(["; ".join(fields)] * bool(fields) + body) or chunk.text
+        if len(text) > 120:
+            body.append(text)
+        else:
+            fields.append(f"{key}: {text}")
+    lines = (["; ".join(fields)] if fields else []) + body
+    return "\n".join(lines) or chunk.text
 
 
 def heading(number: int, chunk: Chunk) -> str:
