@@ -102,8 +102,8 @@ class _Answerer:
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             from llama_cpp import Llama
 
-            self.llm = Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, verbose=False, seed=0,
-                             n_threads=max(1, min(os.cpu_count() or 1, 8)))
+            # llama-cpp-python's thread default, as the servers use (bench/serve_threads.py)
+            self.llm = Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, verbose=False, seed=0)
         data = self.llm.create_chat_completion(prompt, temperature=0.0, max_tokens=max_tokens, seed=0)
         return (data["choices"][0]["message"]["content"] or "").strip()
 

@@ -52,8 +52,9 @@ def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_c
 
     if not Path(gguf).is_file():
         raise StageError(f"{gguf} does not exist; build it first (doit quantize)")
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=max(1, min(os.cpu_count() or 1, 8)),
-                verbose=False, seed=0)
+    # llama-cpp-python's thread default (half the cores), as the servers use: on 2 cores, two
+    # threads generate at about half the speed of one (bench/serve_threads.py).
+    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)
     try:
         for question in todo:
             started = time.perf_counter()
