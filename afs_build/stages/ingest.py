@@ -106,7 +106,7 @@ def records(manifest: Manifest, source: Source, layout: Layout):
 
         return convert_codebase(path("path"), source=source.name, include=tuple(s["include"]),
                                 exclude=tuple(s["exclude"]), max_file_bytes=s["max_file_kb"] * 1024,
-                                respect_gitignore=s["respect_gitignore"])
+                                respect_gitignore=s["respect_gitignore"], questions=tuple(s["questions"]))
     if source.kind == "synthetic":
         from ..data.synthetic import TeacherConfig, convert_synthetic
 

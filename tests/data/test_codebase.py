@@ -160,12 +160,61 @@ def test_walk_without_gitignore_and_with_include_exclude(repo: Path):
         "src/.gitignore", "src/empty.py", "src/huge.py"}
 
 
+HOW = '''\
+"""Cache of uploads."""
+
+LIMIT = 0x40
+NAME = "a string far too long to be worth quoting as a constant's value"
+
+
+def store(key: str, blob: bytes) -> str:
+    """Keep `blob` under `key`."""
+    if len(blob) > LIMIT:  # larger blobs go to disk
+        raise ValueError(f"blob for {key} too large")
+    # digests are short: the first 8 hex digits
+    digest = hashlib.sha256(blob).hexdigest()
+    print("# not a comment", NAME)
+    return digest[:8] + key.lower()
+
+
+def bare(x):
+    return x
+'''
+
+
+def test_python_behaviour_quotes_what_a_function_does(tmp_path: Path):
+    (tmp_path / "cache.py").write_text(HOW)
+    samples, _ = convert(tmp_path)
+    qa = answers(samples)
+    assert qa["How does `store` in `cache.py` work?"] == (
+        "`store` in `cache.py` (line 7): Keep `blob` under `key`.\n\n"
+        'The code notes: "larger blobs go to disk"; "digests are short: the first 8 hex digits".\n\n'
+        "It calls `ValueError(f\"blob for {key} too large\")`, `hashlib.sha256(blob).hexdigest()` and "
+        "`key.lower()`.\n\nIt raises `ValueError`.\n\nIt uses `LIMIT = 0x40` and `NAME`.\n\n"
+        "It returns `digest[:8] + key.lower()`."
+    )
+    # A function that only returns its argument says too little to explain.
+    assert "How does `bare` in `cache.py` work?" not in qa
+
+
+def test_codebase_questions_setting_keeps_only_those_types(tmp_path: Path):
+    (tmp_path / "cache.py").write_text(HOW)
+    samples, _ = convert(tmp_path, questions=("behaviour", "purpose"))
+    kinds = {s["metadata"]["question_type"] for s in samples}
+    assert kinds == {"behaviour", "purpose"}
+    samples, _ = convert(tmp_path, questions=("location",))
+    assert [s["messages"][0]["content"] for s in samples] == ["Which file defines `bare`?", "Which file defines `store`?"]
+    with pytest.raises(ValueError, match="unknown question type.*bogus"):
+        convert(tmp_path, questions=("bogus",))
+
+
 def test_python_module_functions_and_classes(repo: Path):
     samples, _ = convert(repo, include=["src/engine.py"])
     qa = answers(samples)
     assert list(qa) == [
         "What is the Python module `src/engine.py` for?",
         "What does `upload` in `src/engine.py` do?",
+        "How does `upload` in `src/engine.py` work?",
         "What is the signature of `upload` in `src/engine.py`?",
         "What parameters does `upload` in `src/engine.py` take?",
         "What is the class `Queue` in `src/engine.py` for?",
@@ -185,6 +234,10 @@ def test_python_module_functions_and_classes(repo: Path):
     assert qa["What does `upload` in `src/engine.py` do?"] == (
         "```python\ndef upload(tiles: list[bytes], *, address: int = 0x4000) -> int: ...\n```\n\n"
         "Queue tiles for the next V-blank.\n\nReturns the number of bytes queued."
+    )
+    assert qa["How does `upload` in `src/engine.py` work?"] == (
+        "`upload` in `src/engine.py` (line 6): Queue tiles for the next V-blank.\n\n"
+        "Returns the number of bytes queued.\n\nIt returns `sum(map(len, tiles))`."
     )
     assert qa["What parameters does `upload` in `src/engine.py` take?"] == (
         "`upload` takes:\n- `tiles: list[bytes]`\n- `address: int = 0x4000` (keyword-only)\n\n"

@@ -27,6 +27,12 @@ LANGUAGES = {
 FENCES = {"python": "python", "javascript": "js", "typescript": "ts", "c": "c", "cpp": "cpp",
           "csharp": "csharp", "go": "go", "rust": "rust", "shell": "sh", "asm65816": "asm"}
 
+# What a codebase source can ask, by the `question_type` its samples carry (source setting
+# `questions`): what a module, class or function is for, how a function works, its signature
+# and parameters, what a module or class defines, a class's fields, what a Markdown section
+# says, and which file defines a name.
+QUESTION_TYPES = ("purpose", "behaviour", "signature", "parameters", "contents", "fields", "section", "location")
+
 # The sample `kind` (metadata) each symbol kind belongs to.
 KINDS = {"function": "function", "method": "function", "macro": "function", "proc": "function",
          "class": "class", "struct": "class", "interface": "class", "type": "class",

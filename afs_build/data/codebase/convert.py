@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 
 from afs_build.data.codebase import walk as walker
 from afs_build.data.codebase.comments import text_file
-from afs_build.data.codebase.common import FENCES, KINDS, LANGUAGES, Definition, sample
+from afs_build.data.codebase.common import FENCES, KINDS, LANGUAGES, QUESTION_TYPES, Definition, sample
 from afs_build.data.codebase.markdown import markdown_file
 from afs_build.data.codebase.python import python_file
 from afs_build.data.records import DERIVED, RECORD, Filtered, Record, Reject
@@ -34,14 +34,21 @@ def convert_codebase(
     exclude: Iterable[str] = (),
     max_file_bytes: int = 200_000,
     respect_gitignore: bool = True,
+    questions: Iterable[str] = QUESTION_TYPES,
 ) -> Iterator[Record]:
     """Yield question/answer samples about the files and symbols of a local repository.
 
     Each file the walk meets is one input record: its samples, or one Reject saying why it
     cannot be read, or a Filtered when the patterns (``include``, ``exclude``, ``.gitignore``)
-    leave it out. Files are visited in sorted order, so the output is deterministic. Raises
-    FileNotFoundError or NotADirectoryError when `root` is not a folder.
+    leave it out. Files are visited in sorted order, so the output is deterministic. Only the
+    samples whose question type is in ``questions`` (see QUESTION_TYPES) are kept. Raises
+    FileNotFoundError or NotADirectoryError when `root` is not a folder, ValueError for an
+    unknown question type.
     """
+    wanted = frozenset(questions)
+    unknown = sorted(wanted - set(QUESTION_TYPES))
+    if unknown:
+        raise ValueError(f"unknown question type(s) {', '.join(unknown)}; known: {', '.join(QUESTION_TYPES)}")
     base = walker.checked_root(root)
     definitions: list[Definition] = []
     for rel, status in walker.walk(base, tuple(include), tuple(exclude), respect_gitignore):
@@ -54,9 +61,10 @@ def convert_codebase(
             continue
         records, found = _convert_file(base, rel, source, max_file_bytes)
         definitions.extend(found)
-        yield from records
+        yield from (r for r in records if not isinstance(r, dict) or r["metadata"]["question_type"] in wanted)
     yield DERIVED
-    yield from _location_samples(source, definitions)
+    if "location" in wanted:
+        yield from _location_samples(source, definitions)
 
 
 def _convert_file(base: Path, rel: str, source: str, max_file_bytes: int) -> tuple[list[Record], list[Definition]]:

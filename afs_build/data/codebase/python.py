@@ -1,9 +1,12 @@
 """Python files read with :mod:`ast`: module, class and function docstrings, signatures,
-parameters and class members, each expression quoted as written in the file."""
+parameters, class members and how a function works (what it calls, raises, uses and returns,
+and the comments in its body), each expression quoted as written in the file."""
 
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 
 from afs_build.data.codebase.common import Definition, clip, sample, split_lines
 from afs_build.data.records import Record, Reject
@@ -29,8 +32,11 @@ class _PythonReader:
 
     def __init__(self, source: str, rel: str, text: str):
         self.source, self.rel = source, rel
+        self.text = text
         self.lines = split_lines(text)
         self.definitions: list[Definition] = []
+        self._comments: dict[int, str] | None = None
+        self.constants: dict[str, str] = {}  # module constants with a short value, as written
 
     def module(self, tree: ast.Module) -> list[Record]:
         rel = self.rel
@@ -39,6 +45,13 @@ class _PythonReader:
         if doc:
             records.append(self._sample(f"What is the Python module `{rel}` for?", clip(doc), line=1,
                                         symbol=None, kind="module", question_type="purpose"))
+        for node in tree.body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                value = self._code(node.value)
+                for t in targets:
+                    if isinstance(t, ast.Name) and t.id.isupper() and len(value) <= 40 and "\n" not in value:
+                        self.constants[t.id] = value
         members = []
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -97,6 +110,10 @@ class _PythonReader:
         if doc:
             out.append(self._sample(f"What does `{qualname}` in `{rel}` do?", f"{block}\n\n{clip(doc)}",
                                     question_type="purpose", **about))
+        how = self._behaviour(node, qualname, doc)
+        if how:
+            out.append(self._sample(f"How does `{qualname}` in `{rel}` work?", how,
+                                    question_type="behaviour", **about))
         out.append(self._sample(f"What is the signature of `{qualname}` in `{rel}`?", block,
                                 question_type="signature", **about))
         parameters = self._parameters(node.args, skip_first=symbol_kind == "method" and not _is_static(node))
@@ -107,6 +124,68 @@ class _PythonReader:
             out.append(self._sample(f"What parameters does `{qualname}` in `{rel}` take?", answer,
                                     question_type="parameters", **about))
         return out
+
+    def _behaviour(self, node, qualname: str, doc: str | None) -> str | None:
+        """How a function works, in sentences that quote it: its docstring, the comments in its
+        body, what it calls, raises, uses (module constants) and returns. None when it says
+        too little (fewer than two of those)."""
+        calls: dict[str, str] = {}
+        raises: dict[str, None] = {}
+        constants: dict[str, None] = {}
+        returns = None
+        body = [n for n in ast.walk(node) if n is not node and hasattr(n, "lineno")]
+        for child in sorted(body, key=lambda n: (n.lineno, n.col_offset)):
+            if isinstance(child, ast.Call):
+                name = self._code(child.func)
+                text = self._code(child)
+                if name in _PLAIN_CALLS or name in calls or "\n" in name or any(text in t for t in calls.values()):
+                    continue  # a builtin, a repeat, or part of a call already quoted
+                calls[name] = text if len(text) <= 48 and "\n" not in text else f"{name}(...)"
+            elif isinstance(child, ast.Raise) and child.exc is not None:
+                exc = child.exc.func if isinstance(child.exc, ast.Call) else child.exc
+                raises.setdefault(self._code(exc), None)
+            elif isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load) and len(child.id) > 1 \
+                    and child.id.isupper():
+                constants.setdefault(child.id, None)
+            elif isinstance(child, ast.Return) and child.value is not None and returns is None:
+                text = self._code(child.value)
+                if len(text) <= 60 and "\n" not in text and not isinstance(child.value, (ast.Name, ast.Constant)):
+                    returns = text
+        notes = [self.comments[line] for line in range(node.lineno, (node.end_lineno or node.lineno) + 1)
+                 if line in self.comments]
+        parts = []
+        if doc:
+            parts.append(clip(doc, 800))
+        if notes:
+            parts.append("The code notes: " + "; ".join(f'"{n}"' for n in notes[:4]) + ".")
+        if calls:
+            parts.append("It calls " + _listing(list(calls.values())[:6]) + ".")
+        if raises:
+            parts.append("It raises " + _listing(list(raises)[:3]) + ".")
+        if constants:
+            used = [f"{name} = {self.constants[name]}" if name in self.constants else name
+                    for name in list(constants)[:4]]
+            parts.append("It uses " + _listing(used) + ".")
+        if returns:
+            parts.append(f"It returns `{returns}`.")
+        if len(parts) < 2:
+            return None
+        return f"`{qualname}` in `{self.rel}` (line {node.lineno}): " + "\n\n".join(parts)
+
+    @property
+    def comments(self) -> dict[int, str]:
+        """Comment text by line number (tokenized once, so a ``#`` inside a string is no comment)."""
+        if self._comments is None:
+            self._comments = {}
+            try:
+                for token in tokenize.generate_tokens(io.StringIO(self.text).readline):
+                    if token.type == tokenize.COMMENT:
+                        text = token.string.lstrip("#").strip()
+                        if len(text) > 3 and not text.startswith(("noqa", "type:", "pragma", "pylint", "-*-")):
+                            self._comments[token.start[0]] = text
+            except (tokenize.TokenError, SyntaxError):  # ast parsed it; tokenize may still give up
+                pass
+        return self._comments
 
     def _code(self, node: ast.AST) -> str:
         """An expression as written in the file (re-rendered only when it spans lines)."""
@@ -178,6 +257,18 @@ class _PythonReader:
             entries.append((args.kwarg, None, "extra keyword arguments, `**`"))
         return [f"- `{self._format_arg(arg, default)}`" + (f" ({how})" if how else "")
                 for arg, default, how in entries]
+
+
+# Builtins too common to say anything about how a function works.
+_PLAIN_CALLS = frozenset({"len", "str", "int", "float", "bool", "list", "dict", "set", "tuple", "frozenset",
+                          "isinstance", "range", "enumerate", "zip", "sorted", "print", "min", "max", "super",
+                          "getattr", "hasattr", "iter", "next", "repr", "type", "any", "all", "sum", "map",
+                          "filter", "reversed", "round", "abs"})
+
+
+def _listing(items: list[str]) -> str:
+    quoted = [f"`{item}`" for item in items]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 def _is_static(node) -> bool:
