@@ -16,6 +16,7 @@ import pytest
 from doit.exceptions import TaskFailed
 
 from afs_build.manifest import FrozenMap, load
+from afs_build.errors import ManifestError
 from afs_build.stages import ingest, mix, score
 from stage_helpers import assert_clean_failure, quiet_log  # noqa: F401 (a fixture)
 
@@ -195,6 +196,18 @@ def test_a_fifo_in_a_codebase_is_rejected_not_read(project, minimal):
     assert ingest.run(load(path), "bad") is None
     rejects = (project.root / "build/data/ingest/bad/rejects.jsonl").read_text()
     assert "not a regular file" in rejects
+
+
+def test_codebase_questions_setting_reaches_the_converter(project, minimal):
+    code = '"""A module."""\n\n\ndef f(x):\n    """Double x."""\n    return twice(x)\n'
+    path = write(project, minimal, {"kind": "codebase", "path": "repo", "questions": ["behaviour"]},
+                 {"repo/a.py": code})
+    assert ingest.run(load(path), "bad") is None
+    samples = [json.loads(line) for line in (project.root / "build/data/ingest/bad/samples.jsonl").open()]
+    assert [s["messages"][0]["content"] for s in samples] == ["How does `f` in `a.py` work?"]
+    minimal["sources"]["bad"]["questions"] = ["behavior"]
+    with pytest.raises(ManifestError, match=r"sources\.bad\.questions"):
+        load(project.write(minimal))
 
 
 def test_damaged_ingest_output_fails_scoring_cleanly(project, minimal):
