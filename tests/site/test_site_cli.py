@@ -15,10 +15,18 @@ from site_fixtures import write_build
 from site_browser import free_port
 
 
+def _ctrl_c_stops() -> None:
+    # As in a terminal: by the time this test runs in the whole suite, something earlier has
+    # left SIGINT (and SIGQUIT) ignored in pytest's process, and an ignored signal stays
+    # ignored across exec, so the server would never see the Ctrl-C below.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def afs(*args, cwd, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_MKDOCS_2_WARNING": "1"}
     return subprocess.Popen([sys.executable, "-m", "afs_build", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_ctrl_c_stops, **kwargs)
 
 
 def test_afs_site_builds_and_serves_the_site_on_loopback(tmp_path):
