@@ -5,6 +5,7 @@ and the comments in its body), each expression quoted as written in the file."""
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import tokenize
 
@@ -35,7 +36,6 @@ class _PythonReader:
         self.text = text
         self.lines = split_lines(text)
         self.definitions: list[Definition] = []
-        self._comments: dict[int, str] | None = None
         self.constants: dict[str, str] = {}  # module constants with a short value, as written
 
     def module(self, tree: ast.Module) -> list[Record]:
@@ -45,21 +45,18 @@ class _PythonReader:
         if doc:
             records.append(self._sample(f"What is the Python module `{rel}` for?", clip(doc), line=1,
                                         symbol=None, kind="module", question_type="purpose"))
-        for node in tree.body:
+        for node in tree.body:  # first, so a function above a constant still sees its value
             if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 value = self._code(node.value)
-                for t in targets:
-                    if isinstance(t, ast.Name) and t.id.isupper() and len(value) <= 40 and "\n" not in value:
-                        self.constants[t.id] = value
+                if len(value) <= 40 and "\n" not in value:
+                    self.constants.update((name, value) for name in _constant_names(node))
         members = []
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 members.append(self._member_line(node))
                 records.extend(self._symbol(node, node.name))
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                members += [f"- constant `{t.id}`" for t in targets if isinstance(t, ast.Name) and t.id.isupper()]
+                members += [f"- constant `{name}`" for name in _constant_names(node)]
         if members:
             records.append(self._sample(f"What does `{rel}` define?", f"`{rel}` defines:\n" + "\n".join(members),
                                         line=1, symbol=None, kind="module", question_type="contents"))
@@ -131,7 +128,7 @@ class _PythonReader:
         too little (fewer than two of those)."""
         calls: dict[str, str] = {}
         raises: dict[str, None] = {}
-        constants: dict[str, None] = {}
+        used: dict[str, None] = {}  # module constants it reads, in order
         returns = None
         body = [n for n in ast.walk(node) if n is not node and hasattr(n, "lineno")]
         for child in sorted(body, key=lambda n: (n.lineno, n.col_offset)):
@@ -146,7 +143,7 @@ class _PythonReader:
                 raises.setdefault(self._code(exc), None)
             elif isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load) and len(child.id) > 1 \
                     and child.id.isupper():
-                constants.setdefault(child.id, None)
+                used.setdefault(child.id, None)
             elif isinstance(child, ast.Return) and child.value is not None and returns is None:
                 text = self._code(child.value)
                 if len(text) <= 60 and "\n" not in text and not isinstance(child.value, (ast.Name, ast.Constant)):
@@ -162,30 +159,28 @@ class _PythonReader:
             parts.append("It calls " + _listing(list(calls.values())[:6]) + ".")
         if raises:
             parts.append("It raises " + _listing(list(raises)[:3]) + ".")
-        if constants:
-            used = [f"{name} = {self.constants[name]}" if name in self.constants else name
-                    for name in list(constants)[:4]]
-            parts.append("It uses " + _listing(used) + ".")
+        if used:
+            parts.append("It uses " + _listing([f"{name} = {self.constants[name]}" if name in self.constants else name
+                                                for name in list(used)[:4]]) + ".")
         if returns:
             parts.append(f"It returns `{returns}`.")
         if len(parts) < 2:
             return None
         return f"`{qualname}` in `{self.rel}` (line {node.lineno}): " + "\n\n".join(parts)
 
-    @property
+    @functools.cached_property
     def comments(self) -> dict[int, str]:
-        """Comment text by line number (tokenized once, so a ``#`` inside a string is no comment)."""
-        if self._comments is None:
-            self._comments = {}
-            try:
-                for token in tokenize.generate_tokens(io.StringIO(self.text).readline):
-                    if token.type == tokenize.COMMENT:
-                        text = token.string.lstrip("#").strip()
-                        if len(text) > 3 and not text.startswith(("noqa", "type:", "pragma", "pylint", "-*-")):
-                            self._comments[token.start[0]] = text
-            except (tokenize.TokenError, SyntaxError):  # ast parsed it; tokenize may still give up
-                pass
-        return self._comments
+        """Comment text by line number (tokenized, so a ``#`` inside a string is no comment)."""
+        found: dict[int, str] = {}
+        try:
+            for token in tokenize.generate_tokens(io.StringIO(self.text).readline):
+                if token.type == tokenize.COMMENT:
+                    text = token.string.lstrip("#").strip()
+                    if len(text) > 3 and not text.startswith(("noqa", "type:", "pragma", "pylint", "-*-")):
+                        found[token.start[0]] = text
+        except (tokenize.TokenError, SyntaxError):  # ast parsed it; tokenize may still give up
+            pass
+        return found
 
     def _code(self, node: ast.AST) -> str:
         """An expression as written in the file (re-rendered only when it spans lines)."""
@@ -264,6 +259,12 @@ _PLAIN_CALLS = frozenset({"len", "str", "int", "float", "bool", "list", "dict", 
                           "isinstance", "range", "enumerate", "zip", "sorted", "print", "min", "max", "super",
                           "getattr", "hasattr", "iter", "next", "repr", "type", "any", "all", "sum", "map",
                           "filter", "reversed", "round", "abs"})
+
+
+def _constant_names(node: ast.Assign | ast.AnnAssign) -> list[str]:
+    """The UPPER_CASE names an assignment at module level binds."""
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return [t.id for t in targets if isinstance(t, ast.Name) and t.id.isupper()]
 
 
 def _listing(items: list[str]) -> str:
