@@ -294,11 +294,21 @@ class Eval:
     judge_max_tokens: int
     feedback_min_judges: int
     concurrency: int
+    copies: Optional[int]  # None: copies_default()
     timeout: float
     retries: int
     cache: bool
     endpoints: FrozenMap  # name -> ExternalEndpoint
     screenshots: Screenshots
+
+    @property
+    def model_copies(self) -> int:
+        """Copies of a served model that answer at once (`copies`, or 2 where 2 cores are usable)."""
+        if self.copies is not None:
+            return self.copies
+        from .cores import usable
+
+        return 2 if usable() >= 2 else 1
 
 
 @dataclass(frozen=True)

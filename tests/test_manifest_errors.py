@@ -28,6 +28,19 @@ def test_minimal_manifest_loads_into_frozen_dataclasses(project, minimal):
         m.specialists["gamma"] = alpha  # read-only mapping
 
 
+def test_copies_of_a_served_model_default_to_two_where_two_cores_are_usable(project, minimal, monkeypatch):
+    from afs_build import cores
+
+    assert load(project.write(minimal)).eval.copies is None
+    for usable, copies in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(cores, "usable", lambda usable=usable: usable)
+        assert load(project.write(minimal)).eval.model_copies == copies
+    minimal["eval"] = {**(minimal.get("eval") or {}), "copies": 3}
+    assert load(project.write(minimal)).eval.model_copies == 3
+    minimal["eval"]["copies"] = 0
+    assert any("eval.copies" in p for p in problems(project.write(minimal)))
+
+
 def test_unknown_key_suggests_the_right_one(project):
     path = project.write("""\
         project: {name: demo}

@@ -155,7 +155,9 @@ def workers_for(setting, size: int) -> int:
         return max(1, int(setting))
     if size < AUTO_MIN_BYTES:
         return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from ..cores import usable
+
+    cpus = usable()
     try:
         busy = max(0.0, os.getloadavg()[0] - 1.0)
     except (AttributeError, OSError):  # no load average on this system

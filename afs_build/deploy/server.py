@@ -21,6 +21,7 @@ one (``AFS_API_KEY`` in its environment, never on its command line).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -32,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ..atomic import write_json
 from ..errors import AfsError, StageError, one_of, suggest
@@ -284,6 +285,45 @@ def _drain(pump: subprocess.Popen) -> None:
         pass
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def copies(name: str, gguf: Path, count: int, *, n_ctx: int, folder: Path, key: Optional[str] = None,
+           retrieval: Optional[Path] = None, warn: Callable[[str], None] = lambda text: None
+           ) -> Iterator[tuple[str, ...]]:
+    """`count` more servers of `gguf` as `name`, on free loopback ports until the block ends:
+    yields their base URLs (``Endpoint.mirrors``). Their pid files and logs are
+    ``folder/copy-<n>.pid`` and ``.log``; each is stopped when the block ends, however it ends.
+    A copy that does not start is left out with a warning (`warn`): the block then runs on
+    fewer, as it would on a smaller machine."""
+    started: list[Path] = []
+    urls: list[str] = []
+    try:
+        for n in range(1, count + 1):
+            pid_file = Path(folder) / f"copy-{n}.pid"
+            port = free_port()
+            try:
+                start(name, gguf, host="127.0.0.1", port=port, n_ctx=n_ctx, pid_file=pid_file,
+                      log_file=Path(folder) / f"copy-{n}.log", key=key, retrieval=retrieval)
+            except StageError as error:
+                warn(f"a copy of the server for {name} did not start, answering with "
+                     f"{len(urls) + 1} instead: {str(error).splitlines()[0]}")
+                break
+            started.append(pid_file)
+            urls.append(f"http://127.0.0.1:{port}/v1")
+        yield tuple(urls)
+    finally:
+        for pid_file in started:
+            for pid in running(pid_file):
+                processes.terminate(pid, GRACE_SECONDS)
+            pid_file.unlink(missing_ok=True)
+
+
 # --- status and stop ------------------------------------------------------------------------
 
 
@@ -343,12 +383,16 @@ def stop_one(layout: Layout, name: str) -> bool:
     Callers hold the specialist's deploy lock. The pid file goes too; a pid file whose
     process is not afs's server is removed without signalling anything.
     """
-    pid_file = layout.deploy(name).pid
-    pids = running(pid_file)
-    for pid in pids:
-        processes.terminate(pid, GRACE_SECONDS)
-    pid_file.unlink(missing_ok=True)
-    return bool(pids)
+    stopped = False
+    # the deployed server, and any copy a killed eval or compare task left running (copies)
+    for pid_file in [layout.deploy(name).pid, *sorted(layout.eval(name).folder.glob("copy-*.pid")),
+                     *sorted(layout.compare(name).folder.glob("copy-*.pid"))]:
+        pids = running(pid_file)
+        for pid in pids:
+            processes.terminate(pid, GRACE_SECONDS)
+        pid_file.unlink(missing_ok=True)
+        stopped = stopped or bool(pids)
+    return stopped
 
 
 def stop(layout: Layout, manifest: Manifest, names: Optional[Iterable[str]] = None,

@@ -13,9 +13,10 @@ latency and time-to-first-token percentiles and the generation speed, against th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from . import grading
 from .cache import ResponseCache
@@ -43,6 +44,28 @@ def local_endpoint(manifest, name: str, base_url: str, key: Optional[str], diges
     e = manifest.eval
     return Endpoint(name=name, base_url=base_url, key=key, digest=digest, concurrency=e.concurrency,
                     timeout=e.timeout, retries=e.retries)
+
+
+@contextlib.contextmanager
+def mirrored(manifest, endpoint: Endpoint, gguf, *, n_ctx: int, folder, retrieval=None,
+             task: Optional[str] = None) -> Iterator[Endpoint]:
+    """`endpoint` with ``eval.copies - 1`` copies of its server (the same `gguf`, retrieval
+    settings and key) as mirrors, on free loopback ports until the block ends."""
+    import dataclasses
+
+    count = manifest.eval.model_copies - 1
+    if count < 1:
+        yield endpoint
+        return
+    from .. import log
+    from ..deploy.server import copies
+
+    def warn(text: str) -> None:
+        log.event(f"WARNING: {text}", task=task, specialist=endpoint.name)
+
+    with copies(endpoint.name, gguf, count, n_ctx=n_ctx, folder=folder, key=endpoint.key,
+                retrieval=retrieval, warn=warn) as urls:
+        yield dataclasses.replace(endpoint, mirrors=urls)
 
 
 def served_digest(report, file_name: str) -> Optional[str]:

@@ -51,6 +51,9 @@ class Endpoint:
     # What the replies depend on besides the served file (a retrieval index's content and
     # settings), for the cache only: the results still name the file's own digest.
     context: Optional[str] = None
+    # More base URLs serving the same file with the same settings (copies of the server, for
+    # the length of a task): requests are spread over all of them, `concurrency` at each.
+    mirrors: tuple[str, ...] = ()
 
     @property
     def cache_digest(self) -> Optional[str]:

@@ -7,11 +7,17 @@ the chat template is the one the GGUF carries, as in the server.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import StageError
+
+# llama-cpp-python loads a model with stdout and stderr pointed at /dev/null (verbose=False,
+# by dup2 on fds 1 and 2) and points them back after: two threads loading at once can restore
+# each other's /dev/null, and the rest of the process prints nowhere. One load at a time.
+LOADING = threading.Lock()
 
 
 def messages_for(question: dict, system_prompt: str) -> list[dict]:
@@ -54,7 +60,8 @@ def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_c
         raise StageError(f"{gguf} does not exist; build it first (doit quantize)")
     # llama-cpp-python's thread default (half the cores), as the servers use: on 2 cores, two
     # threads generate at about half the speed of one (bench/serve_threads.py).
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)
+    with LOADING:
+        llm = Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)
     try:
         for question in todo:
             started = time.perf_counter()

@@ -48,10 +48,9 @@ WARMUP = 2  # untimed decode steps before the timed ones
 
 def default_threads() -> int:
     """The CPUs this process may use (a container's cpuset, not the host's core count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    from ..cores import usable
+
+    return usable()
 
 
 def quantize(src: Path, dst: Path, qtype: str, *, threads: int | None = None) -> dict:

@@ -130,36 +130,39 @@ def run(manifest: Manifest, name: str) -> None:
 @contextlib.contextmanager
 def serving_base(manifest: Manifest, spec: Specialist, server: Optional[Specialist]) -> Iterator:
     """The endpoint that answers as `spec`'s base: the served-only specialist's server, or the
-    base's own GGUF served on a free loopback port until the block ends."""
+    base's own GGUF served on a free loopback port until the block ends; with
+    ``eval.copies - 1`` more copies of it as mirrors."""
     from ..deploy import processes
     from ..deploy.access import client_key
-    from ..deploy.server import GRACE_SECONDS, running, served_kind, start
+    from ..deploy.server import GRACE_SECONDS, free_port, running, served_gguf, served_kind, start
     from ..evaluation import benchmark
 
+    layout = Layout.of(manifest)
+    task_name = f"{NAME}:{spec.name}"
+    folder = layout.compare(spec.name).folder
     if server is not None:
-        yield benchmark.endpoint(manifest, server.name)
+        retrieval = layout.deploy(server.name).retrieval if server.retrieval else None
+        with benchmark.mirrored(manifest, benchmark.endpoint(manifest, server.name), served_gguf(layout, server),
+                                n_ctx=server.context_length, folder=folder, retrieval=retrieval,
+                                task=task_name) as endpoint:
+            yield endpoint
         return
-    files = Layout.of(manifest).baseline(spec.base)
+    files = layout.baseline(spec.base)
     key = client_key(manifest.deploy)
     port = free_port()
     gguf = files.gguf(served_kind(spec))
     record = start(spec.base, gguf, host="127.0.0.1", port=port,
                    n_ctx=spec.context_length, pid_file=files.pid, log_file=files.server_log, key=key)
     try:
-        yield benchmark.local_endpoint(manifest, spec.base, f"http://127.0.0.1:{port}/v1", key,
-                                       benchmark.served_digest(files.report, gguf.name))
+        endpoint = benchmark.local_endpoint(manifest, spec.base, f"http://127.0.0.1:{port}/v1", key,
+                                            benchmark.served_digest(files.report, gguf.name))
+        with benchmark.mirrored(manifest, endpoint, gguf, n_ctx=spec.context_length, folder=folder,
+                                task=task_name) as endpoint:
+            yield endpoint
     finally:
         for pid in running(files.pid) or [record["pid"]]:
             processes.terminate(pid, GRACE_SECONDS)
         files.pid.unlink(missing_ok=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seen_in_training(layout: Layout, name: str, questions: list[dict]) -> int:
@@ -195,10 +198,19 @@ def quantization(manifest: Manifest, name: str, questions: list[dict], cache=Non
     replies: dict[str, dict[str, str]] = {}
     out: dict[str, dict] = {}
     rows = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(kind: str) -> dict:
+        path = post.gguf(kind)
+        return answer_all(path, chosen, spec.system_prompt, n_ctx=spec.context_length, cache=cache,
+                          digest=served_digest(post.quantize_report, path.name))
+
+    # as many files at a time as a served model has copies (each on llama.cpp's default threads)
+    with ThreadPoolExecutor(max_workers=manifest.eval.model_copies, thread_name_prefix="quant") as pool:
+        asked = dict(zip(kinds, pool.map(ask, kinds)))
     for kind in kinds:
         path = post.gguf(kind)
-        answers = answer_all(path, chosen, spec.system_prompt, n_ctx=spec.context_length, cache=cache,
-                             digest=served_digest(post.quantize_report, path.name))
+        answers = asked[kind]
         replies[kind] = {qid: a["reply"] for qid, a in answers.items()}
         scores = {qid: grading.rule_score(q, answers[q["id"]]["reply"]) for q in chosen for qid in [q["id"]]}
         tokens = sum(a["completion_tokens"] or 0 for a in answers.values())

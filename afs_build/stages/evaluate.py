@@ -67,9 +67,7 @@ def response_cache(manifest: Manifest):
 
 @action(NAME)
 def run(manifest: Manifest, name: str) -> None:
-    from ..data.jsonl import write_jsonl
-    from ..deploy.server import served_gguf, served_kind
-    from ..errors import StageError
+    from ..deploy.server import served_gguf
     from ..evaluation import benchmark, suite
 
     layout = Layout.of(manifest)
@@ -80,11 +78,28 @@ def run(manifest: Manifest, name: str) -> None:
     questions = suite.load(path, manifest.eval.suite, specialists=list(manifest.specialists),
                            judges=manifest.eval.judges)
     mine = suite.for_specialist(questions, name, manifest.eval.max_questions)
-    endpoint = benchmark.endpoint(manifest, name, layout)
-    retrieving = endpoint if spec.retrieval is None else \
-        benchmark.with_retrieval(endpoint, layout.index(spec.retrieval.index).report, spec.retrieval)
     gguf = served_gguf(layout, spec)
     cache = response_cache(manifest)
+    with benchmark.mirrored(manifest, benchmark.endpoint(manifest, name, layout), gguf,
+                            n_ctx=spec.context_length, folder=files.folder, task=task_name,
+                            retrieval=layout.deploy(name).retrieval if spec.retrieval else None) as endpoint:
+        ask(manifest, name, endpoint, mine, questions, gguf, cache)
+
+
+def ask(manifest: Manifest, name: str, endpoint, mine: list[dict], questions: list[dict], gguf, cache) -> None:
+    """Ask `mine` (with retrieval and without, for a retrieving specialist), grade, write."""
+    from ..data.jsonl import write_jsonl
+    from ..deploy.server import served_kind
+    from ..errors import StageError
+    from ..evaluation import benchmark, suite
+
+    layout = Layout.of(manifest)
+    spec = manifest.specialists[name]
+    files = layout.eval(name)
+    task_name = f"{NAME}:{name}"
+    path = manifest.resolve(manifest.eval.suite)
+    retrieving = endpoint if spec.retrieval is None else \
+        benchmark.with_retrieval(endpoint, layout.index(spec.retrieval.index).report, spec.retrieval)
     with log.step(task_name, f"asking {len(mine)} benchmark questions", specialist=name) as extra, \
             log.progress(task_name, len(mine)) as advance:
         results = benchmark.run(retrieving, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -19,9 +21,13 @@ from served import serving
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    gguf = shared_tiny_gguf(tmp_path_factory)
-    with serving(gguf, tmp_path_factory.mktemp("served"), key="k" * 20) as port:
+def tiny_gguf(tmp_path_factory):
+    return shared_tiny_gguf(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_gguf, tmp_path_factory):
+    with serving(tiny_gguf, tmp_path_factory.mktemp("served"), key="k" * 20) as port:
         yield port
 
 
@@ -106,26 +112,31 @@ class Flaky(http.server.BaseHTTPRequestHandler):
             call = cls.calls
             cls.in_flight += 1
             cls.most = max(cls.most, cls.in_flight)
-        try:
-            if call <= cls.fail_first:
-                self.send_response(503)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-                return
-            time.sleep(0.2)
-            events = [{"choices": [{"delta": {"content": w}}]} for w in ("4", "2")]
-            events.append({"choices": [{"delta": {}, "finish_reason": "stop"}],
-                           "usage": {"completion_tokens": 2}})
-            body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Content-Length", str(len(body)))
+        # a request is in flight until its reply starts: the client may send its next one as
+        # soon as it has read this one's body, before this handler thread returns
+        if call <= cls.fail_first:
+            self.finish_in_flight()
+            self.send_response(503)
+            self.send_header("Content-Length", "2")
             self.end_headers()
-            self.wfile.write(body)
-        finally:
-            with cls.lock:
-                cls.in_flight -= 1
+            self.wfile.write(b"{}")
+            return
+        time.sleep(0.2)
+        events = [{"choices": [{"delta": {"content": w}}]} for w in ("4", "2")]
+        events.append({"choices": [{"delta": {}, "finish_reason": "stop"}],
+                       "usage": {"completion_tokens": 2}})
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        self.finish_in_flight()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def finish_in_flight(self):
+        cls = type(self)
+        with cls.lock:
+            cls.in_flight -= 1
 
     def log_message(self, *args):
         pass
@@ -203,3 +214,75 @@ def test_a_retrieving_servers_replies_are_cached_by_its_index_and_settings(tmp_p
     report.unlink()
     assert benchmark.with_retrieval(plain, report, settings).cache_digest != \
         benchmark.with_retrieval(plain, report, settings).cache_digest  # unknown index: never a hit
+
+
+def _flaky_copy(name: str):
+    """A Flaky server class of its own (own counters), answering at once."""
+    return type(name, (Flaky,), {"calls": 0, "in_flight": 0, "most": 0, "fail_first": 0, "bodies": [],
+                                 "lock": threading.Lock()})
+
+
+def test_an_endpoint_with_mirrors_spreads_its_requests_over_every_copy():
+    """Copies of a server (eval.copies) each take `concurrency` requests at a time, and the
+    requests go to whichever is free: both answer, neither holds two at once, they overlap."""
+    handlers = [_flaky_copy("First"), _flaky_copy("Second")]
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), h) for h in handlers]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        urls = [f"http://127.0.0.1:{s.server_address[1]}/v1" for s in servers]
+        endpoint = Endpoint("served", urls[0], mirrors=(urls[1],))
+        requests = [Request(endpoint, ({"role": "user", "content": f"q{i}"},), sampling(8)) for i in range(8)]
+        started = time.perf_counter()
+        answers = ask_all(requests)
+        elapsed = time.perf_counter() - started
+        assert all(a.ok and a.reply == "42" for a in answers)
+        assert [h.calls for h in handlers] != [8, 0] and sum(h.calls for h in handlers) == 8
+        assert min(h.calls for h in handlers) >= 2
+        assert [h.most for h in handlers] == [1, 1]
+        assert elapsed < 8 * 0.2 * 0.75
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+
+
+def test_copies_of_a_served_model_answer_as_it_does_and_stop_with_the_block(server, tiny_gguf, tmp_path):
+    """benchmark.mirrored starts eval.copies - 1 real copies of a server's file: the same greedy
+    replies from each, and no copy left running once the block ends."""
+    import types
+
+    from afs_build.deploy.server import running
+
+    manifest = types.SimpleNamespace(eval=types.SimpleNamespace(model_copies=3))
+    original = Endpoint("tiny", f"http://127.0.0.1:{server}/v1", key="k" * 20)
+    with benchmark.mirrored(manifest, original, tiny_gguf, n_ctx=512, folder=tmp_path) as mirrored:
+        assert len(mirrored.mirrors) == 2 and original.base_url not in mirrored.mirrors
+        pid_files = sorted(tmp_path.glob("copy-*.pid"))
+        assert len(pid_files) == 2 and all(running(p) for p in pid_files)
+        replies = set()
+        for url in (original.base_url, *mirrored.mirrors):
+            answer = stream_chat(Endpoint("tiny", url, key="k" * 20),
+                                 [{"role": "user", "content": "What is 2 plus 30?"}], sampling(12))
+            assert answer.ok, answer.error
+            replies.add(answer.reply)
+        assert len(replies) == 1
+    assert not list(tmp_path.glob("copy-*.pid"))
+    assert [running(p) for p in pid_files] == [[], []]
+
+
+def test_files_asked_from_several_threads_leave_the_process_able_to_print(tiny_gguf):
+    """llama-cpp-python points fds 1 and 2 at /dev/null while it loads a model: loads in two
+    threads at once once left the whole build printing nowhere (compare's quantized files)."""
+    script = ("import sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
+              "from afs_build.evaluation.local import answer_all\n"
+              "qs = [{'id': 'q', 'question': 'What is 1 plus 30?', 'max_tokens': 4}]\n"
+              "for _ in range(3):\n"
+              "    with ThreadPoolExecutor(3) as pool:\n"
+              "        asked = list(pool.map(lambda _: answer_all(sys.argv[1], qs, '', n_ctx=256), range(3)))\n"
+              "    assert len({a['q']['reply'] for a in asked}) == 1\n"
+              "print('still printing'); print('and on stderr', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_gguf)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "still printing" and "and on stderr" in done.stderr
