@@ -294,7 +294,7 @@ class Eval:
     judge_max_tokens: int
     feedback_min_judges: int
     concurrency: int
-    copies: Optional[int]  # None: copies_default()
+    copies: Optional[int]  # None: model_copies decides from the usable cores
     timeout: float
     retries: int
     cache: bool

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from serve_threads import QUESTIONS, embedded_gguf, ENTRY  # noqa: E402
+from afs_build.cores import usable  # noqa: E402
+from serve_threads import ENTRY, QUESTIONS, embedded_gguf  # noqa: E402
 
 
 def answer(llm, question: str, max_tokens: int) -> tuple[str, int]:
@@ -66,7 +67,7 @@ def main() -> int:
     from llama_cpp import Llama
 
     gguf = args.gguf or embedded_gguf()
-    width = min(2, len(os.sched_getaffinity(0)))
+    width = min(2, usable())
     models = [Llama(model_path=str(gguf), n_ctx=2048, n_threads=1, verbose=False, seed=0) for _ in range(width)]
     questions = (QUESTIONS * 4)[:args.questions]
     rates: dict[str, list[float]] = {"one instance": [], f"{width} instances": []}

@@ -14,6 +14,7 @@ latency and time-to-first-token percentiles and the generation speed, against th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 from typing import Callable, Iterator, Optional, Sequence
@@ -51,8 +52,6 @@ def mirrored(manifest, endpoint: Endpoint, gguf, *, n_ctx: int, folder, retrieva
              task: Optional[str] = None) -> Iterator[Endpoint]:
     """`endpoint` with ``eval.copies - 1`` copies of its server (the same `gguf`, retrieval
     settings and key) as mirrors, on free loopback ports until the block ends."""
-    import dataclasses
-
     count = manifest.eval.model_copies - 1
     if count < 1:
         yield endpoint

@@ -183,6 +183,8 @@ def seen_in_training(layout: Layout, name: str, questions: list[dict]) -> int:
 def quantization(manifest: Manifest, name: str, questions: list[dict], cache=None) -> tuple[dict, list[dict]]:
     """Each quantized file and the F16 asked the first questions: score, agreement with the
     F16's replies, size and speed per type."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..evaluation import grading
     from ..evaluation.benchmark import served_digest
     from ..evaluation.local import answer_all
@@ -198,7 +200,6 @@ def quantization(manifest: Manifest, name: str, questions: list[dict], cache=Non
     replies: dict[str, dict[str, str]] = {}
     out: dict[str, dict] = {}
     rows = []
-    from concurrent.futures import ThreadPoolExecutor
 
     def ask(kind: str) -> dict:
         path = post.gguf(kind)

@@ -67,7 +67,9 @@ def response_cache(manifest: Manifest):
 
 @action(NAME)
 def run(manifest: Manifest, name: str) -> None:
-    from ..deploy.server import served_gguf
+    from ..data.jsonl import write_jsonl
+    from ..deploy.server import served_gguf, served_kind
+    from ..errors import StageError
     from ..evaluation import benchmark, suite
 
     layout = Layout.of(manifest)
@@ -80,56 +82,42 @@ def run(manifest: Manifest, name: str) -> None:
     mine = suite.for_specialist(questions, name, manifest.eval.max_questions)
     gguf = served_gguf(layout, spec)
     cache = response_cache(manifest)
+    # the served model and its copies (eval.copies) answer while the task runs
     with benchmark.mirrored(manifest, benchmark.endpoint(manifest, name, layout), gguf,
                             n_ctx=spec.context_length, folder=files.folder, task=task_name,
                             retrieval=layout.deploy(name).retrieval if spec.retrieval else None) as endpoint:
-        ask(manifest, name, endpoint, mine, questions, gguf, cache)
+        retrieving = endpoint if spec.retrieval is None else \
+            benchmark.with_retrieval(endpoint, layout.index(spec.retrieval.index).report, spec.retrieval)
+        with log.step(task_name, f"asking {len(mine)} benchmark questions", specialist=name) as extra, \
+                log.progress(task_name, len(mine)) as advance:
+            results = benchmark.run(retrieving, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
+                                    model_file=gguf.relative_to(layout.build).as_posix(),
+                                    quant=served_kind(spec), cache=cache, advance=advance)
+            thresholds = manifest.eval.thresholds
+            summary = benchmark.summarize(name, results, thresholds.min_score, thresholds.min_tokens_per_second)
+            summary["suite_version"] = suite.version(path)
+            extra.update(mean_score=summary["mean_score"], tokens_per_second=summary["tokens_per_second"],
+                         cached=cache.hits, failed=summary["failed_requests"])
+        files.folder.mkdir(parents=True, exist_ok=True)
+        if spec.retrieval is not None:  # the same questions without retrieval, for the difference
+            from ..retrieval.effect import effect
 
-
-def ask(manifest: Manifest, name: str, endpoint, mine: list[dict], questions: list[dict], gguf, cache) -> None:
-    """Ask `mine` (with retrieval and without, for a retrieving specialist), grade, write."""
-    from ..data.jsonl import write_jsonl
-    from ..deploy.server import served_kind
-    from ..errors import StageError
-    from ..evaluation import benchmark, suite
-
-    layout = Layout.of(manifest)
-    spec = manifest.specialists[name]
-    files = layout.eval(name)
-    task_name = f"{NAME}:{name}"
-    path = manifest.resolve(manifest.eval.suite)
-    retrieving = endpoint if spec.retrieval is None else \
-        benchmark.with_retrieval(endpoint, layout.index(spec.retrieval.index).report, spec.retrieval)
-    with log.step(task_name, f"asking {len(mine)} benchmark questions", specialist=name) as extra, \
-            log.progress(task_name, len(mine)) as advance:
-        results = benchmark.run(retrieving, mine, system_prompt=spec.system_prompt, run_id=log.run_id(),
-                                model_file=gguf.relative_to(layout.build).as_posix(),
-                                quant=served_kind(spec), cache=cache, advance=advance)
-        thresholds = manifest.eval.thresholds
-        summary = benchmark.summarize(name, results, thresholds.min_score, thresholds.min_tokens_per_second)
-        summary["suite_version"] = suite.version(path)
-        extra.update(mean_score=summary["mean_score"], tokens_per_second=summary["tokens_per_second"],
-                     cached=cache.hits, failed=summary["failed_requests"])
-    files.folder.mkdir(parents=True, exist_ok=True)
-    if spec.retrieval is not None:  # the same questions without retrieval, for the difference
-        from ..retrieval.effect import effect
-
-        # A question the server put no context in front of (nothing similar enough in the
-        # index) was already asked exactly as it would be without retrieval: same model, same
-        # messages, greedy. Its reply is reused, not asked for again.
-        asked = {r["question_id"]: r for r in results}
-        same = {q["id"] for q in mine if not asked[q["id"]].get("retrieved") and not asked[q["id"]].get("error")}
-        again = [q for q in mine if q["id"] not in same]
-        with log.step(task_name, "asking again without retrieval", specialist=name,
-                      reused=len(same)), log.progress(task_name, len(again)) as advance:
-            fresh = benchmark.run(endpoint, again, system_prompt=spec.system_prompt, run_id=log.run_id(),
-                                  model_file=gguf.relative_to(layout.build).as_posix(),
-                                  quant=served_kind(spec), cache=cache, advance=advance,
-                                  extra={"retrieval": False})
-        by_id = {r["question_id"]: r for r in fresh}
-        plain = [by_id[q["id"]] if q["id"] in by_id else {**asked[q["id"]], "cached": True} for q in mine]
-        write_jsonl(files.without_retrieval, plain)
-        write_json(files.retrieval_effect, effect(manifest, name, questions, results, plain))
+            # A question the server put no context in front of (nothing similar enough in the
+            # index) was already asked exactly as it would be without retrieval: same model, same
+            # messages, greedy. Its reply is reused, not asked for again.
+            asked = {r["question_id"]: r for r in results}
+            same = {q["id"] for q in mine if not asked[q["id"]].get("retrieved") and not asked[q["id"]].get("error")}
+            again = [q for q in mine if q["id"] not in same]
+            with log.step(task_name, "asking again without retrieval", specialist=name,
+                          reused=len(same)), log.progress(task_name, len(again)) as advance:
+                fresh = benchmark.run(endpoint, again, system_prompt=spec.system_prompt, run_id=log.run_id(),
+                                      model_file=gguf.relative_to(layout.build).as_posix(),
+                                      quant=served_kind(spec), cache=cache, advance=advance,
+                                      extra={"retrieval": False})
+            by_id = {r["question_id"]: r for r in fresh}
+            plain = [by_id[q["id"]] if q["id"] in by_id else {**asked[q["id"]], "cached": True} for q in mine]
+            write_jsonl(files.without_retrieval, plain)
+            write_json(files.retrieval_effect, effect(manifest, name, questions, results, plain))
     write_jsonl(files.results, results)
     write_json(files.summary, summary)
     if summary["failed_requests"]:
