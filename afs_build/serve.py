@@ -130,6 +130,9 @@ def build_app(model: Path, alias: str, *, n_ctx: int, host: str = "127.0.0.1", p
               n_threads: Optional[int] = None, api_key: Optional[str] = None,
               max_body: Optional[int] = None, retrieval: Optional[Path] = None):
     """The guarded ASGI app serving `model` as `alias` (loads the model: takes a moment)."""
+    from .llamacpp import load
+
+    load()  # before the app loads the model: no AMX buffers, passive OpenMP threads
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 

@@ -37,7 +37,9 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from llama_cpp import Llama
+    from afs_build.llamacpp import load
+
+    Llama = load().Llama
 
     from afs_build.evaluation import grading, suite
     from afs_build.evaluation.local import messages_for

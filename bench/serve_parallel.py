@@ -64,7 +64,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--gguf", type=Path, default=None)
     args = parser.parse_args()
-    from llama_cpp import Llama
+    from afs_build.llamacpp import load
+
+    Llama = load().Llama
 
     gguf = args.gguf or embedded_gguf()
     width = min(2, usable())

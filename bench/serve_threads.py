@@ -56,7 +56,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--gguf", type=Path, default=None)
     args = parser.parse_args()
-    from llama_cpp import Llama
+    from afs_build.llamacpp import load
+
+    Llama = load().Llama
 
     gguf = args.gguf or embedded_gguf()
     counts = sorted({1, len(os.sched_getaffinity(0))})

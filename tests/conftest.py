@@ -173,6 +173,11 @@ def pytest_configure(config):
     # Before collection: Hypothesis may touch its folder as soon as it sees a test module.
     config._afs_hypothesis_home = tempfile.mkdtemp(prefix="afs-hypothesis-")
     set_hypothesis_home_dir(config._afs_hypothesis_home)
+    # Tests that load a model with llama_cpp directly load it as afs does (no AMX buffers where
+    # they crash: afs_build/llamacpp.py).
+    from afs_build.llamacpp import load
+
+    load()
 
 
 def pytest_unconfigure(config):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import sqlite3
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -107,10 +106,10 @@ class LossModel:
 
     def __init__(self, gguf: Path, *, threads: Optional[int] = None, batch_tokens: int = 2048,
                  max_sequences: int = 16, unified: bool = False):
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning threads crawl on busy CPUs
-        import llama_cpp
-
+        from ..llamacpp import load
         from ..post.quantize import default_threads
+
+        llama_cpp = load()
 
         self.lib = llama_cpp
         llama_cpp.llama_backend_init()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
@@ -99,11 +98,11 @@ class _Answerer:
 
     def __call__(self, prompt: list[dict], max_tokens: int) -> str:
         if self.llm is None:
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            from llama_cpp import Llama
+            from ..llamacpp import load
+
 
             # llama-cpp-python's thread default, as the servers use (bench/serve_threads.py)
-            self.llm = Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, verbose=False, seed=0)
+            self.llm = load().Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, verbose=False, seed=0)
         data = self.llm.create_chat_completion(prompt, temperature=0.0, max_tokens=max_tokens, seed=0)
         return (data["choices"][0]["message"]["content"] or "").strip()
 

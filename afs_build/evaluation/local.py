@@ -6,7 +6,6 @@ the chat template is the one the GGUF carries, as in the server.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_c
     With a `cache` and the file's `digest`, replies asked before of the same file are reused
     (and the model is not even loaded when every one is).
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = {}
     todo = []
     for question in questions:
@@ -52,9 +50,10 @@ def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_c
             todo.append(question)
     if not todo:
         return out
-    from llama_cpp import Llama
-
+    from ..llamacpp import load
     from .client import Completion
+
+    Llama = load().Llama
 
     if not Path(gguf).is_file():
         raise StageError(f"{gguf} does not exist; build it first (doit quantize)")

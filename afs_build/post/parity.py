@@ -21,7 +21,6 @@ StageError listing the mismatches.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,10 +50,9 @@ CONTEXT = 512  # tokens of llama.cpp context for a prompt and its answer
 
 def _llama(gguf_path: Path, **kwargs):
     """A llama_cpp.Llama on `gguf_path`, quiet, with passive OpenMP threads."""
-    # OpenMP reads this when llama.cpp's library loads: spinning threads make a busy 2-core
-    # machine 100x slower.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import llama_cpp
+    from ..llamacpp import load
+
+    llama_cpp = load()
 
     try:
         return llama_cpp.Llama(model_path=str(gguf_path), verbose=False, **kwargs)

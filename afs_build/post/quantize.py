@@ -18,7 +18,6 @@ import contextlib
 import ctypes
 import json
 import math
-import os
 import re
 import time
 from collections import Counter
@@ -209,12 +208,10 @@ def eval_texts(eval_jsonl: Path, tokenizer_dir: Path, *, limit: int = 64) -> lis
 
 
 def _llama_cpp():
-    """Import llama_cpp, with OpenMP threads that sleep instead of spinning while they wait."""
-    # libgomp reads this once, when ggml loads; spinning threads make a busy machine 100x slower.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import llama_cpp
+    """llama_cpp, ready to load models (:mod:`afs_build.llamacpp`)."""
+    from ..llamacpp import load
 
-    return llama_cpp
+    return load()
 
 
 @contextlib.contextmanager

@@ -134,10 +134,9 @@ class LlamaEmbedder:
     it names none, as for a chat model's GGUF), normalized."""
 
     def __init__(self, gguf: Path, *, max_tokens: int, threads: Optional[int] = None):
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from llama_cpp import Llama
+        from ..llamacpp import load
 
-        self.llm = Llama(model_path=str(gguf), embedding=True, n_ctx=max_tokens, n_batch=max_tokens,
+        self.llm = load().Llama(model_path=str(gguf), embedding=True, n_ctx=max_tokens, n_batch=max_tokens,
                          n_ubatch=max_tokens, n_threads=threads, verbose=False)
         self.max_tokens = max_tokens
         self.dims = int(self.llm.n_embd())

@@ -219,3 +219,25 @@ def test_perplexity_matches_transformers_on_the_same_texts(tiny256, texts):
     result = q.measure(tiny256, texts, gen_tokens=1, threads=1)
     assert result["ppl_tokens"] == count  # same tokens: llama.cpp and transformers agree
     assert result["perplexity"] == pytest.approx(math.exp(nll / count), rel=2e-3)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M"])
+def test_a_quantized_file_decodes_in_a_fresh_process(tiny256, tmp_path, qtype):
+    """Loaded and asked as afs loads a model (afs_build.llamacpp): on a CPU with AMX, llama.cpp's
+    AMX buffers made this process segfault (rc -11) on the first decode."""
+    import os
+    import subprocess
+    import sys
+
+    from afs_build.llamacpp import ENV
+
+    path = tmp_path / f"tiny-{qtype}.gguf"
+    q.quantize(tiny256, path, qtype)
+    code = ("import sys; from afs_build.llamacpp import load\n"
+            "llm = load().Llama(model_path=sys.argv[1], n_ctx=64, n_threads=2, verbose=False)\n"
+            "llm.eval(llm.tokenize(b'Paris is the capital of France.'))\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
