@@ -215,17 +215,37 @@ def _generation(prompt: str | list[dict], tokenizer, model, llm, stops: set[int]
             flips.append({"position": pos, "transformers": a, "llama_cpp": b,
                           "margin": round(margin, 6), "near_tie": margin <= tie_tolerance})
     same = hf_ids == gg_ids
-    diverged = None if same else _first_difference(hf_ids, gg_ids)
-    # answers that part at a near-tie are both right; anything else is a real difference
-    benign = any(f["near_tie"] and f["position"] == diverged for f in flips)
+    diverged, parting, benign = parting_point(hf_ids, gg_ids, hf_logits, flips, tie_tolerance)
     return {
         "prompt": prompt, "transformers": hf_ids, "llama_cpp": gg_ids,
         "transformers_text": tokenizer.decode(hf_ids), "llama_cpp_text": tokenizer.decode(gg_ids),
-        "identical": same, "first_difference": diverged,
+        "identical": same, "first_difference": diverged, "parting_margin": parting,
         "top1_agree": len(hf_ids) - len(flips), "top1_total": len(hf_ids), "top1_flips": flips,
         "max_abs_logit_diff": round(float(np.abs(np.array(hf_logits) - gg_logits).max()), 6),
         "ok": all(f["near_tie"] for f in flips) and (same or benign),
     }
+
+
+def parting_point(hf_ids: Sequence[int], gg_ids: Sequence[int], hf_logits, flips: Sequence[dict],
+                  tie_tolerance: float) -> tuple[Optional[int], Optional[float], bool]:
+    """Where two greedy answers part (None when they do not), the HF logit margin there between
+    HF's token and llama.cpp's, and whether they part at a near-tie (both answers right).
+
+    A near-tie is a flip of the teacher-forced top-1 at that position within the tolerance, or
+    llama.cpp's own greedy token within the tolerance of HF's on HF's logits: llama.cpp's
+    one-token decodes round apart from its batch pass, so its teacher-forced top-1 may agree
+    with HF's where its greedy answer took the other side of a tie (measured: 0.004 apart).
+    """
+    if list(hf_ids) == list(gg_ids):
+        return None, None, False
+    diverged = _first_difference(hf_ids, gg_ids)
+    parting = None
+    if diverged < min(len(hf_ids), len(gg_ids)):
+        row = hf_logits[diverged]
+        parting = round(float(row[hf_ids[diverged]] - row[gg_ids[diverged]]), 6)
+    benign = any(f["near_tie"] and f["position"] == diverged for f in flips) or \
+        (parting is not None and parting <= tie_tolerance)
+    return diverged, parting, benign
 
 
 def _hf_greedy(model, ids: list[int], max_new_tokens: int, stops: set[int]):

@@ -343,3 +343,22 @@ def test_smollm2(tmp_path_factory):
     result = parity.check(parity.generation_parity(hf, out, PROMPTS))
     assert [i["identical"] for i in result["items"]] == [True, True, True]
     assert "Paris" in result["items"][0]["llama_cpp_text"]
+
+
+def test_answers_that_part_at_a_near_tie_pass_and_others_fail():
+    """llama.cpp's greedy answer may take the other side of a tie that its teacher-forced pass
+    agrees with HF on (no flip recorded there); the HF margin where they part decides."""
+    import numpy as np
+
+    from afs_build.post.parity import parting_point
+
+    logits = np.zeros((3, 5))
+    logits[:, 1] = 1.0
+    logits[1, 2] = 0.996  # token 2 is 0.004 behind HF's token 1 at position 1
+    assert parting_point([1, 1, 1], [1, 1, 1], logits, [], 0.1) == (None, None, False)
+    assert parting_point([1, 1, 1], [1, 2, 4], logits, [], 0.1) == (1, 0.004, True)
+    logits[1, 2] = 0.5  # half a logit behind: a real difference
+    assert parting_point([1, 1, 1], [1, 2, 4], logits, [], 0.1) == (1, 0.5, False)
+    flip = {"position": 1, "near_tie": True}  # a near-tie flip of the teacher-forced top-1 there
+    assert parting_point([1, 1, 1], [1, 2, 4], logits, [flip], 0.1)[2] is True
+    assert parting_point([1, 1], [1, 1, 3], logits, [], 0.1) == (2, None, False)  # one stopped
