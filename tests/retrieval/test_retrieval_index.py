@@ -127,3 +127,42 @@ def test_the_index_task_is_incremental_by_content(tmp_path):
     third = doit(tmp_path, "index:code")
     assert third.returncode == 0 and ".  index:code" in third.stdout
     assert "6 chunks from 3 files (1 embedded, 5 from the cache)" in third.stdout + third.stderr
+
+
+def _search_settings(**kw):
+    from afs_build.manifest import Search
+
+    values = dict(mode="hybrid", candidates=20, rrf_k=60.0, lexical_weight=1.0, dense_weight=1.0,
+                  connectivity=4, expansion_add=8, expansion_search=8)
+    return Search(**{**values, **kw})
+
+
+def test_the_same_vectors_give_the_same_index_and_the_true_nearest_chunks(tmp_path):
+    """A sparse HNSW graph (connectivity 4) finds other neighbours than brute force for some
+    questions; the reader answers with the exact ones, and the graph file is byte-identical
+    when built twice."""
+    import numpy as np
+
+    from afs_build.paths import IndexFiles
+    from afs_build.retrieval import store
+
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(800, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        store.write_vectors(IndexFiles(folder).vectors, vectors, _search_settings())
+        store.write_chunks(IndexFiles(folder).chunks, [])
+    assert IndexFiles(first).vectors.read_bytes() == IndexFiles(second).vectors.read_bytes()
+
+    reader = store.IndexReader(IndexFiles(first), dims=32, expansion_search=8)
+    stored = np.stack([reader.vectors[k] for k in range(1, 801)]).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)  # cosine of the f16 vectors stored
+    questions = rng.normal(size=(300, 32)).astype(np.float32)
+    truth = np.argsort(-(questions @ stored.T), axis=1, kind="stable")[:, :3] + 1
+    found = np.array([[key for key, _ in reader.dense(q, 3)] for q in questions])
+    approximate = np.array(reader.vectors.search(questions, 3).keys, dtype=np.int64)
+    assert (approximate != truth).any(), "the graph found every true neighbour: the test proves nothing"
+    assert (found == truth).all()
+    reader.close()
