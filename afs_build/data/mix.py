@@ -3,7 +3,10 @@
 Each group (``expert``, ``general``, ``synthetic``...) has a share and pools of samples by
 source; within a group every unique sample is equally likely, so a bigger source gives more.
 The target is a number of training samples or of (estimated) tokens. Everything random is
-seeded by ``seed`` and the group name, so the same inputs always give the same mix.
+seeded by ``seed`` and the group name, so the same inputs always give the same mix. The
+shuffles rank samples by a seeded hash of their id, not by a permutation of their positions:
+a source that gains, loses or changes a few samples (a codebase after a commit) moves only
+those few in or out of the mix, where a permutation of a pool one sample longer reorders all.
 
 A pool is a list of samples, or a function returning a fresh iterator over them (say
 ``lambda: read_jsonl(path)``): then the mix reads it twice and keeps only what it draws, so
@@ -82,9 +85,12 @@ class _Group:
     drawn: np.ndarray | None = None  # training entries with repeats
 
 
-def _rng(seed: int, *names: str) -> np.random.Generator:
-    digest = hashlib.sha256("\0".join(names).encode()).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+def _ranked(ids: Sequence[str], seed: int, *names: str) -> np.ndarray:
+    """Positions of `ids` in the order of a seeded hash of each id (and the names): a shuffle
+    in which an id keeps its rank whatever else joins or leaves."""
+    salt = "\0".join([str(seed), *names]).encode() + b"\0"
+    keys = [hashlib.blake2b(salt + i.encode(), digest_size=8).digest() for i in ids]
+    return np.array(sorted(range(len(ids)), key=keys.__getitem__), dtype=np.int64)
 
 
 def mix(pools: Mapping[str, Mapping[str, Pool]], shares: Mapping[str, float], *,
@@ -107,7 +113,7 @@ def mix(pools: Mapping[str, Mapping[str, Pool]], shares: Mapping[str, float], *,
     held: set[str] = set()
     warnings: list[str] = []
     for group, need in zip(groups, needs):
-        _hold_out(group, need, eval_fraction, unit, held, _rng(seed, name, "pool", group.name))
+        _hold_out(group, need, eval_fraction, unit, held, _ranked(group.ids, seed, name, "pool", group.name))
         if eval_fraction > 0 and not group.held:
             warnings.append(f"{name}: group {group.name!r} is too small to give the eval split "
                             f"anything ({len(group.ids)} unique samples, eval_fraction "
@@ -122,8 +128,8 @@ def mix(pools: Mapping[str, Mapping[str, Pool]], shares: Mapping[str, float], *,
     train = [(fetched[g, e], g, e) for g, group in enumerate(groups)
              for e in group.drawn.tolist()]
     evals = [(fetched[g, e], g, e) for g, group in enumerate(groups) for e in group.held]
-    train = [train[i] for i in _rng(seed, name, "train").permutation(len(train))]
-    evals = [evals[i] for i in _rng(seed, name, "eval").permutation(len(evals))]
+    train = [train[i] for i in _ranked(_occurrences(train), seed, name, "train")]
+    evals = [evals[i] for i in _ranked(_occurrences(evals), seed, name, "eval")]
     stats = _stats(groups, [sorted(pools[group]) for group in names], train, evals, unit)
     stats.update(name=name, unit=unit, target=target, seed=seed, shortfall=shortfall,
                  upsample_cap=upsample_cap, eval_fraction=eval_fraction,
@@ -207,10 +213,19 @@ def _plan(groups: list[_Group], target: int, unit: str) -> list[float]:
     return [float(value) for value in whole]
 
 
+def _occurrences(items: list) -> list[str]:
+    """Each drawn sample's id and which repeat of it this is (upsampling repeats ids)."""
+    count: dict[str, int] = {}
+    out = []
+    for sample, _, _ in items:
+        count[sample["id"]] = count.get(sample["id"], 0) + 1
+        out.append(f"{sample['id']}\0{count[sample['id']]}")
+    return out
+
+
 def _hold_out(group: _Group, need: float, fraction: float, unit: str, held: set[str],
-              rng: np.random.Generator) -> None:
-    """Shuffle the pool and take the eval split from its front (ids not yet held out)."""
-    shuffled = rng.permutation(len(group.ids))
+              shuffled: np.ndarray) -> None:
+    """Take the eval split from the front of the shuffled pool (ids not yet held out)."""
     if unit == "samples":
         want = round(fraction * min(need, len(group.ids)))
     else:

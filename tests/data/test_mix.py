@@ -219,3 +219,19 @@ def test_sample_tokens_counts_messages_calls_and_tools():
     assert sample_tokens(tools) > sample_tokens(make_sample(
         "s", [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": ""}],
         provenance={"line": 1}))
+
+
+def test_a_source_that_changes_a_little_changes_the_mix_a_little():
+    """A codebase after a commit: 10 of 600 samples changed and 5 added. The mix of 100 keeps
+    all but the few it drew of those (a permutation of positions would redraw nearly all)."""
+    before = pool("code", 600)
+    after = [s if i % 60 else make_sample("code", [{"role": "user", "content": f"changed {i}"},
+                                                   {"role": "assistant", "content": "word"}], provenance={"line": i + 1})
+             for i, s in enumerate(before)] + pool("new", 5)
+    shares = {"expert": 1.0}
+    first = mix({"expert": {"code": before}}, shares, target=100, seed=3, eval_fraction=0.1)
+    second = mix({"expert": {"code": after}}, shares, target=100, seed=3, eval_fraction=0.1)
+    kept = set(ids(first.train)) & set(ids(second.train))
+    assert len(kept) >= 100 - 2 * 15 * 100 // 600 - 2  # at most those drawn of the 15 changed or new
+    assert set(ids(first.eval)) & set(ids(second.eval))
+    assert not set(ids(second.eval)) & set(ids(second.train))
