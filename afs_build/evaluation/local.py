@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from ..errors import StageError
 
@@ -33,16 +33,24 @@ def _sampling(question: dict) -> dict:
 
 
 def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_ctx: int = 2048,
-               cache=None, digest: Optional[str] = None) -> dict[str, dict]:
+               cache=None, digest: Optional[str] = None,
+               chats: Optional[Mapping[str, list[dict]]] = None) -> dict[str, dict]:
     """{question id: {"reply", "latency_s", "completion_tokens"}} for every question.
 
-    With a `cache` and the file's `digest`, replies asked before of the same file are reused
-    (and the model is not even loaded when every one is).
+    Each question is asked as :func:`messages_for` writes it, or as `chats` gives it by id (the
+    messages a retrieving server would send on: with its context). With a `cache` and the
+    file's `digest`, replies asked before of the same file are reused (and the model is not
+    even loaded when every one is).
     """
+    def chat(question: dict) -> list[dict]:
+        if chats is not None and question["id"] in chats:
+            return chats[question["id"]]
+        return messages_for(question, system_prompt)
+
     out = {}
     todo = []
     for question in questions:
-        hit = cache.get(digest, messages_for(question, system_prompt), _sampling(question)) if cache else None
+        hit = cache.get(digest, chat(question), _sampling(question)) if cache else None
         if hit is not None:
             out[question["id"]] = {"reply": hit.reply, "latency_s": hit.latency_s or 0.0,
                                    "completion_tokens": hit.completion_tokens}
@@ -64,14 +72,14 @@ def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_c
     try:
         for question in todo:
             started = time.perf_counter()
-            data = llm.create_chat_completion(messages_for(question, system_prompt), temperature=0.0,
+            data = llm.create_chat_completion(chat(question), temperature=0.0,
                                               max_tokens=question["max_tokens"], seed=0)
             tokens = (data.get("usage") or {}).get("completion_tokens")
             out[question["id"]] = {"reply": data["choices"][0]["message"]["content"] or "",
                                    "latency_s": round(time.perf_counter() - started, 4),
                                    "completion_tokens": tokens}
             if cache is not None:
-                cache.put(digest, messages_for(question, system_prompt), _sampling(question),
+                cache.put(digest, chat(question), _sampling(question),
                           Completion(**out[question["id"]]))
     finally:
         llm.close()

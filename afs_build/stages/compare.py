@@ -5,8 +5,9 @@ system prompt, the same sampling and the same grading, on the server of a served
 specialist of the same base (the default family's Agahnim); where there is none, the base's
 own GGUF (``baseline:<model>``, of the type the specialist serves) is served on a free
 loopback port for as long as the comparison asks. Each quantized file of the
-specialist (and its F16) answers the first ``eval.quant_questions`` of them, so what a
-quantization type costs is measured in answers. Results are kept per specialist version; a
+specialist (and its F16) answers the first ``eval.quant_questions`` of them as served (with the
+context its server would retrieve for each), so what a quantization type costs is measured in
+the answers a user would get. Results are kept per specialist version; a
 version that scores lower than the one before beyond the interval is flagged.
 """
 
@@ -44,7 +45,8 @@ def compare_slice(manifest: Manifest, name: str) -> dict:
     e = manifest.eval
     return {"eval": {k: getattr(e, k) for k in ("suite", "max_questions", "require_beats_base",
                                                  "general_category", "quant_questions", "seed")},
-            "system_prompt": spec.system_prompt, "categories": spec.categories, "quantize": spec.quantize}
+            "system_prompt": spec.system_prompt, "categories": spec.categories, "quantize": spec.quantize,
+            **({"retrieval": spec.retrieval} if spec.retrieval else {})}  # the quant files are asked with it
 
 
 def tasks(manifest: Manifest) -> Iterator[dict]:
@@ -57,6 +59,8 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         files = layout.compare(spec.name)
         deps = [layout.eval(spec.name).results, suite, layout.mix(spec.name).train,
                 layout.post(spec.name).quantize_report]
+        if spec.retrieval:
+            deps.append(layout.index(spec.retrieval.index).report)
         task_dep = [f"eval:{spec.name}"]
         if server is not None:
             deps.append(layout.post(server.name).quantize_report)
@@ -180,9 +184,36 @@ def seen_in_training(layout: Layout, name: str, questions: list[dict]) -> int:
     return len(seen)
 
 
+def served_chats(manifest: Manifest, name: str, questions: list[dict]) -> dict[str, list[dict]]:
+    """{question id: messages} for the questions `name`'s server puts context in front of (its
+    index, top_k, min_similarity and context_chars), as it sends them on to the model; the
+    others it sends as asked. Empty for a specialist that does not retrieve."""
+    from ..evaluation.local import messages_for
+    from ..retrieval.context import augment, query_turn
+    from ..retrieval.search import Retriever
+
+    spec = manifest.specialists[name]
+    settings = spec.retrieval
+    if settings is None or not questions:
+        return {}
+    chats = {}
+    retriever = Retriever(manifest, settings.index)
+    try:
+        for question in questions:
+            messages = messages_for(question, spec.system_prompt)
+            at = query_turn(messages)
+            hits = [] if at is None else retriever.search(messages[at]["content"], settings.top_k, None,
+                                                         settings.min_similarity)
+            if hits:
+                chats[question["id"]] = augment(messages, [h.chunk for h in hits], settings.context_chars)
+    finally:
+        retriever.close()
+    return chats
+
+
 def quantization(manifest: Manifest, name: str, questions: list[dict], cache=None) -> tuple[dict, list[dict]]:
-    """Each quantized file and the F16 asked the first questions: score, agreement with the
-    F16's replies, size and speed per type."""
+    """Each quantized file and the F16 asked the first questions as served (with the context its
+    server retrieves): score, agreement with the F16's replies, size and speed per type."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..evaluation import grading
@@ -196,6 +227,7 @@ def quantization(manifest: Manifest, name: str, questions: list[dict], cache=Non
     if not chosen:
         return {}, []
     post = Layout.of(manifest).post(name)
+    chats = served_chats(manifest, name, chosen)
     kinds = ["F16"] + [t for t in spec.quantize if t != "F16"]
     replies: dict[str, dict[str, str]] = {}
     out: dict[str, dict] = {}
@@ -204,7 +236,7 @@ def quantization(manifest: Manifest, name: str, questions: list[dict], cache=Non
     def ask(kind: str) -> dict:
         path = post.gguf(kind)
         return answer_all(path, chosen, spec.system_prompt, n_ctx=spec.context_length, cache=cache,
-                          digest=served_digest(post.quantize_report, path.name))
+                          digest=served_digest(post.quantize_report, path.name), chats=chats)
 
     # as many files at a time as a served model has copies (each on llama.cpp's default threads)
     with ThreadPoolExecutor(max_workers=manifest.eval.model_copies, thread_name_prefix="quant") as pool:
@@ -217,6 +249,7 @@ def quantization(manifest: Manifest, name: str, questions: list[dict], cache=Non
         tokens = sum(a["completion_tokens"] or 0 for a in answers.values())
         seconds = sum(a["latency_s"] for a in answers.values())
         out[kind] = {"file": path.name, "bytes": path.stat().st_size, "questions": len(chosen),
+                     "with_context": len(chats),
                      "mean_score": round(sum(scores.values()) / len(scores), 4),
                      "tokens_per_second": round(tokens / seconds, 2) if seconds else None}
         for q in chosen:

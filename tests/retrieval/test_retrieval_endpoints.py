@@ -180,6 +180,34 @@ def test_eval_asks_with_and_without_retrieval_and_keeps_the_difference(hylia):
         validator.validate(row)
 
 
+def test_quantized_files_are_asked_with_the_context_the_server_gives(hylia):
+    """compare:<name> asks each quantized file in this process; it must see the prompt the
+    server would send on, context included: as many prompt tokens as the server counted."""
+    from afs_build.evaluation.local import answer_all
+    from afs_build.llamacpp import load
+    from afs_build.stages.compare import served_chats
+
+    manifest, layout, _, client = hylia
+    asked = [{"role": "system", "content": "You are Hylia."}, {"role": "user", "content": QUESTION}]
+    questions = [{"id": "r1", "question": QUESTION, "max_tokens": 4}]
+    chats = served_chats(manifest, "hylia", questions)
+    user = chats["r1"][-1]["content"]
+    assert chats["r1"][0] == asked[0]
+    assert user.startswith("Context:\n[1] dedup.py:6-8 minhash_signatures") and user.endswith(QUESTION)
+    served = client.chat.completions.create(model="hylia", max_tokens=4, temperature=0, messages=asked)
+    gguf = layout.post("hylia").gguf("F16")
+    llm = load().Llama(model_path=str(gguf), n_ctx=512, verbose=False)
+    try:
+        count = [llm.create_chat_completion(m, max_tokens=1, temperature=0)["usage"]["prompt_tokens"]
+                 for m in (chats["r1"], asked)]
+    finally:
+        llm.close()
+    assert served.usage.prompt_tokens == count[0] > count[1]
+    local = answer_all(gguf, questions, "You are Hylia.", n_ctx=512, chats=chats)
+    # the server strips the reply's end before its Sources line
+    assert served.choices[0].message.content.split("\n\nSources: ")[0] == local["r1"]["reply"].rstrip()
+
+
 def test_a_stale_index_is_an_error_naming_its_task_and_a_rebuilt_one_is_picked_up(hylia):
     import time
 
