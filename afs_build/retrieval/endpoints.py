@@ -145,7 +145,7 @@ class RetrievalApp:
                 "data": [h.to_json() for h in hits]}
 
     async def _chat(self, scope, data: dict, receive, send):
-        from .context import augment, query_turn, sources_line
+        from .context import sources_line
 
         wanted = data.pop("retrieval", True)
         top_k = self.settings.top_k
@@ -156,12 +156,9 @@ class RetrievalApp:
                 or not 1 <= top_k <= 20:
             raise _Bad(400, "expected 'retrieval': true, false or {\"enabled\": bool, \"top_k\": 1-20}")
         messages = data.get("messages")
-        at = query_turn(messages) if wanted and isinstance(messages, list) else None
         hits = []
-        if at is not None:
-            hits = await asyncio.to_thread(self.retriever().search, messages[at]["content"], top_k, None,
-                                           self.settings.min_similarity)
-            data["messages"] = augment(messages, [h.chunk for h in hits], self.settings.context_chars)
+        if wanted and isinstance(messages, list):
+            data["messages"], hits = await asyncio.to_thread(self.retriever().serve, messages, self.settings, top_k)
         body = json.dumps(data, ensure_ascii=False).encode("utf-8")
         if not hits:
             return await self.app(scope, replay(body, receive), send)

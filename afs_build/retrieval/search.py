@@ -198,6 +198,18 @@ class Retriever:
         return self.fuse(self.rankings(query, max(top_k, self.index.search.candidates), (mode,)), mode, top_k,
                          min_similarity)
 
+    def serve(self, messages: list, settings, top_k: Optional[int] = None) -> tuple[list, list[Hit]]:
+        """(`messages` as a retrieving server sends them on to the model, the hits): its last
+        user turn searched with the specialist's retrieval `settings` (top_k, min_similarity)
+        and the chunks put in front of it (context_chars); unchanged when nothing is found.
+        The one path of the servers (``RetrievalApp``) and of the quantized files' questions."""
+        from .context import augment, query_turn
+
+        at = query_turn(messages)
+        hits = [] if at is None else self.search(messages[at]["content"], top_k or settings.top_k, None,
+                                                 settings.min_similarity)
+        return (augment(messages, [h.chunk for h in hits], settings.context_chars) if hits else messages), hits
+
     def search_many(self, queries: list[str], top_k: int, mode: Optional[str] = None,
                     min_similarity: Optional[float] = None) -> list[list[Hit]]:
         """:meth:`search` for many queries, their embeddings computed in batches."""

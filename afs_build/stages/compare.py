@@ -189,23 +189,18 @@ def served_chats(manifest: Manifest, name: str, questions: list[dict]) -> dict[s
     index, top_k, min_similarity and context_chars), as it sends them on to the model; the
     others it sends as asked. Empty for a specialist that does not retrieve."""
     from ..evaluation.local import messages_for
-    from ..retrieval.context import augment, query_turn
     from ..retrieval.search import Retriever
 
     spec = manifest.specialists[name]
-    settings = spec.retrieval
-    if settings is None or not questions:
+    if spec.retrieval is None or not questions:
         return {}
     chats = {}
-    retriever = Retriever(manifest, settings.index)
+    retriever = Retriever(manifest, spec.retrieval.index)
     try:
         for question in questions:
-            messages = messages_for(question, spec.system_prompt)
-            at = query_turn(messages)
-            hits = [] if at is None else retriever.search(messages[at]["content"], settings.top_k, None,
-                                                         settings.min_similarity)
+            messages, hits = retriever.serve(messages_for(question, spec.system_prompt), spec.retrieval)
             if hits:
-                chats[question["id"]] = augment(messages, [h.chunk for h in hits], settings.context_chars)
+                chats[question["id"]] = messages
     finally:
         retriever.close()
     return chats
