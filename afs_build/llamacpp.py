@@ -19,9 +19,15 @@ Two things must be settled before llama.cpp loads a model, in each process that 
 from __future__ import annotations
 
 import os
+import threading
 
 ENV = "AFS_LLAMA_EXTRA_BUFFERS"
 _guarded = False
+
+# llama-cpp-python loads a model with stdout and stderr pointed at /dev/null (verbose=False,
+# by dup2 on fds 1 and 2) and points them back after: two threads loading at once can restore
+# each other's /dev/null, and the rest of the process prints nowhere. One load at a time.
+LOADING = threading.Lock()
 
 
 def load():

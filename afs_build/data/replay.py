@@ -28,47 +28,86 @@ from .records import Filtered, Marker, Record, Reject, canonical_json, make_samp
 def convert_replay(path, *, source: str, format: str, fields: Mapping[str, str] | None, max_chars: int,
                    gguf: Path, model_digest: str, max_tokens: int = 128, system_prompt: Optional[str] = None,
                    limit: Optional[int] = None, cache_dir: Optional[Path] = None,
-                   n_ctx: int = 2048) -> Iterator[Record]:
+                   n_ctx: int = 2048, workers: Optional[int] = None) -> Iterator[Record]:
     """One sample per prompt of `path`: the conversation up to its last user turn, answered by
-    the model in `gguf`. Rejects of the reader pass through."""
+    the model in `gguf`. Rejects of the reader pass through.
+
+    The prompts not in the cache are answered by `workers` copies of the model at once (each on
+    llama.cpp's default threads, half the cores: two where 2 cores are usable, as the servers
+    run), then every outcome is yielded in the file's order."""
     from .custom import convert_custom
 
     cache_file = Path(cache_dir) / f"{source}.json" if cache_dir else None
     cache = _read_cache(cache_file)
     used: dict[str, str] = {}
-    answerer = _Answerer(gguf, n_ctx)
+    outcomes: list = []  # a reader outcome, or (record, prompt, key) for a prompt to answer
     count = 0
+    for record in convert_custom(path, source=source, format=format, fields=fields, max_chars=max_chars):
+        if isinstance(record, (Reject, Marker, Filtered)):  # the reader's own outcomes and markers
+            outcomes.append(record)
+            continue
+        if limit is not None and count >= limit:
+            outcomes.append(Filtered(f"past replay limit {limit}"))
+            continue
+        prompt = _prompt(record["messages"], system_prompt)
+        if prompt is None:
+            outcomes.append(Reject(source, "no user turn to answer", file=record["provenance"].get("file"),
+                                   line=record["provenance"].get("line")))
+            continue
+        key = hashlib.sha256(canonical_json([model_digest, prompt, max_tokens]).encode()).hexdigest()
+        outcomes.append((record, prompt, key))
+        count += 1
+    todo = {o[2]: o[1] for o in outcomes if isinstance(o, tuple) and o[2] not in cache}
     try:
-        for record in convert_custom(path, source=source, format=format, fields=fields, max_chars=max_chars):
-            if isinstance(record, (Reject, Marker, Filtered)):  # the reader's own outcomes and markers
-                yield record
-                continue
-            if limit is not None and count >= limit:
-                yield Filtered(f"past replay limit {limit}")
-                continue
-            prompt = _prompt(record["messages"], system_prompt)
-            if prompt is None:
-                yield Reject(source, "no user turn to answer", file=record["provenance"].get("file"),
-                             line=record["provenance"].get("line"))
-                continue
-            key = hashlib.sha256(canonical_json([model_digest, prompt, max_tokens]).encode()).hexdigest()
-            reply = cache.get(key)
-            if reply is None:
-                reply = answerer(prompt, max_tokens)
-            used[key] = reply
-            count += 1
-            if not reply.strip():
-                yield Reject(source, "the model gave an empty answer", file=record["provenance"].get("file"),
-                             line=record["provenance"].get("line"), excerpt=prompt[-1]["content"])
-                continue
-            messages = [m for m in prompt if m["role"] != "system"] + [{"role": "assistant", "content": reply}]
-            yield make_sample(source, messages, provenance=record["provenance"],
-                              metadata={**record.get("metadata", {}),
-                                        "replay": {"model_digest": model_digest, "max_tokens": max_tokens}})
+        _answer_all(todo, gguf, n_ctx, max_tokens, workers, into=used)
     finally:
-        answerer.close()
-        if cache_file is not None and used != cache:
-            write_json(cache_file, used)
+        # what was answered is kept even when a later prompt failed: a rerun asks only the rest
+        kept = {o[2]: cache.get(o[2], used.get(o[2])) for o in outcomes if isinstance(o, tuple)}
+        kept = {k: v for k, v in kept.items() if v is not None}
+        if cache_file is not None and kept != cache:
+            write_json(cache_file, kept)
+    for outcome in outcomes:
+        if not isinstance(outcome, tuple):
+            yield outcome
+            continue
+        record, prompt, key = outcome
+        reply = kept[key]
+        if not reply.strip():
+            yield Reject(source, "the model gave an empty answer", file=record["provenance"].get("file"),
+                         line=record["provenance"].get("line"), excerpt=prompt[-1]["content"])
+            continue
+        messages = [m for m in prompt if m["role"] != "system"] + [{"role": "assistant", "content": reply}]
+        yield make_sample(source, messages, provenance=record["provenance"],
+                          metadata={**record.get("metadata", {}),
+                                    "replay": {"model_digest": model_digest, "max_tokens": max_tokens}})
+
+
+def _answer_all(prompts: dict[str, list[dict]], gguf: Path, n_ctx: int, max_tokens: int,
+                workers: Optional[int], into: dict[str, str]) -> None:
+    """Every prompt's reply into `into` by its key, as each arrives, `workers` models answering
+    at once (one model loaded per worker, none when there is nothing to answer). Greedy, so the
+    split changes no reply."""
+    if not prompts:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..cores import usable
+
+    workers = max(1, min(len(prompts), workers or (2 if usable() >= 2 else 1)))
+    keys = list(prompts)
+    shares = [keys[i::workers] for i in range(workers)]
+
+    def answer(share: list[str]) -> None:
+        answerer = _Answerer(gguf, n_ctx)
+        try:
+            for key in share:
+                into[key] = answerer(prompts[key], max_tokens)
+        finally:
+            answerer.close()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replay") as pool:
+        for done in [pool.submit(answer, share) for share in shares]:
+            done.result()
 
 
 def _prompt(messages: list[dict], system_prompt: Optional[str]) -> Optional[list[dict]]:
@@ -98,11 +137,12 @@ class _Answerer:
 
     def __call__(self, prompt: list[dict], max_tokens: int) -> str:
         if self.llm is None:
-            from ..llamacpp import load
+            from ..llamacpp import LOADING, load
 
-
-            # llama-cpp-python's thread default, as the servers use (bench/serve_threads.py)
-            self.llm = load().Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, verbose=False, seed=0)
+            # llama-cpp-python's thread default, as the servers use (bench/serve_threads.py);
+            # one load at a time (LOADING says why)
+            with LOADING:
+                self.llm = load().Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, verbose=False, seed=0)
         data = self.llm.create_chat_completion(prompt, temperature=0.0, max_tokens=max_tokens, seed=0)
         return (data["choices"][0]["message"]["content"] or "").strip()
 

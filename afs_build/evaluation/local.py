@@ -6,17 +6,12 @@ the chat template is the one the GGUF carries, as in the server.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from ..errors import StageError
-
-# llama-cpp-python loads a model with stdout and stderr pointed at /dev/null (verbose=False,
-# by dup2 on fds 1 and 2) and points them back after: two threads loading at once can restore
-# each other's /dev/null, and the rest of the process prints nowhere. One load at a time.
-LOADING = threading.Lock()
+from ..llamacpp import LOADING
 
 
 def messages_for(question: dict, system_prompt: str) -> list[dict]:

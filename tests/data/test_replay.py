@@ -81,6 +81,38 @@ def test_answers_are_cached_by_model_prompt_and_settings(tmp_path, gguf):
                             cache_dir=tmp_path / "cache"))
 
 
+def test_two_models_answering_at_once_give_what_one_gives_in_the_files_order(tmp_path, gguf):
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    one = replay(prompts, gguf, tmp_path / "one", workers=1)
+    two = replay(prompts, gguf, tmp_path / "two", workers=2)
+    assert two == one
+    assert json.loads((tmp_path / "two" / "replay.json").read_text()) == \
+        json.loads((tmp_path / "one" / "replay.json").read_text())
+
+
+def test_answers_given_before_a_failure_are_kept_for_the_next_run(tmp_path, gguf, monkeypatch):
+    from afs_build.data import replay as module
+
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    calls = []
+    real = module._Answerer.__call__
+
+    def failing_second(self, prompt, max_tokens):
+        calls.append(prompt)
+        if len(calls) == 2:
+            raise RuntimeError("the model died")
+        return real(self, prompt, max_tokens)
+
+    monkeypatch.setattr(module._Answerer, "__call__", failing_second)
+    with pytest.raises(RuntimeError):
+        replay(prompts, gguf, tmp_path / "cache", workers=1)
+    kept = json.loads((tmp_path / "cache" / "replay.json").read_text())
+    assert len(kept) == 1  # the first answer, not asked again below
+    monkeypatch.setattr(module._Answerer, "__call__", real)
+    assert replay(prompts, gguf, tmp_path / "cache", workers=1) == replay(prompts, gguf, tmp_path / "fresh", workers=1)
+    assert len(json.loads((tmp_path / "cache" / "replay.json").read_text())) == 3
+
+
 def test_limit_and_system_prompt(tmp_path, gguf):
     records = replay(write_prompts(tmp_path / "p.jsonl"), gguf, None, limit=1, system_prompt="Be brief.")
     # one prompt answered; the reader's reject of the empty instruction still passes through
