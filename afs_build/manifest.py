@@ -306,9 +306,9 @@ class Eval:
         """Copies of a served model that answer at once (`copies`, or 2 where 2 cores are usable)."""
         if self.copies is not None:
             return self.copies
-        from .cores import usable
+        from .cores import model_copies
 
-        return 2 if usable() >= 2 else 1
+        return model_copies()
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping, NamedTuple, Optional
 
 from ..atomic import write_json
 from .records import Filtered, Marker, Record, Reject, canonical_json, make_sample
+
+
+class _Ask(NamedTuple):
+    """A prompt of the file to answer, with its cache key."""
+
+    record: Record
+    prompt: list[dict]
+    key: str
 
 
 def convert_replay(path, *, source: str, format: str, fields: Mapping[str, str] | None, max_chars: int,
@@ -32,15 +40,14 @@ def convert_replay(path, *, source: str, format: str, fields: Mapping[str, str] 
     """One sample per prompt of `path`: the conversation up to its last user turn, answered by
     the model in `gguf`. Rejects of the reader pass through.
 
-    The prompts not in the cache are answered by `workers` copies of the model at once (each on
-    llama.cpp's default threads, half the cores: two where 2 cores are usable, as the servers
-    run), then every outcome is yielded in the file's order."""
+    The prompts not in the cache are answered by `workers` copies of the model at once (default
+    :func:`afs_build.cores.model_copies`, as the servers run), then every outcome is yielded in
+    the file's order."""
     from .custom import convert_custom
 
     cache_file = Path(cache_dir) / f"{source}.json" if cache_dir else None
     cache = _read_cache(cache_file)
-    used: dict[str, str] = {}
-    outcomes: list = []  # a reader outcome, or (record, prompt, key) for a prompt to answer
+    outcomes: list = []  # the reader's outcomes and an _Ask for each prompt, in the file's order
     count = 0
     for record in convert_custom(path, source=source, format=format, fields=fields, max_chars=max_chars):
         if isinstance(record, (Reject, Marker, Filtered)):  # the reader's own outcomes and markers
@@ -55,23 +62,22 @@ def convert_replay(path, *, source: str, format: str, fields: Mapping[str, str] 
                                    line=record["provenance"].get("line")))
             continue
         key = hashlib.sha256(canonical_json([model_digest, prompt, max_tokens]).encode()).hexdigest()
-        outcomes.append((record, prompt, key))
+        outcomes.append(_Ask(record, prompt, key))
         count += 1
-    todo = {o[2]: o[1] for o in outcomes if isinstance(o, tuple) and o[2] not in cache}
+    asks = [o for o in outcomes if isinstance(o, _Ask)]
+    answers = dict(cache)
     try:
-        _answer_all(todo, gguf, n_ctx, max_tokens, workers, into=used)
-    finally:
-        # what was answered is kept even when a later prompt failed: a rerun asks only the rest
-        kept = {o[2]: cache.get(o[2], used.get(o[2])) for o in outcomes if isinstance(o, tuple)}
-        kept = {k: v for k, v in kept.items() if v is not None}
+        _answer_all({a.key: a.prompt for a in asks if a.key not in cache}, gguf, n_ctx, max_tokens, workers,
+                    into=answers)
+    finally:  # the file's answers so far, also when one failed: a rerun asks only the rest
+        kept = {a.key: answers[a.key] for a in asks if a.key in answers}
         if cache_file is not None and kept != cache:
             write_json(cache_file, kept)
     for outcome in outcomes:
-        if not isinstance(outcome, tuple):
+        if not isinstance(outcome, _Ask):
             yield outcome
             continue
-        record, prompt, key = outcome
-        reply = kept[key]
+        record, prompt, reply = outcome.record, outcome.prompt, kept[outcome.key]
         if not reply.strip():
             yield Reject(source, "the model gave an empty answer", file=record["provenance"].get("file"),
                          line=record["provenance"].get("line"), excerpt=prompt[-1]["content"])
@@ -91,11 +97,10 @@ def _answer_all(prompts: dict[str, list[dict]], gguf: Path, n_ctx: int, max_toke
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..cores import usable
+    from ..cores import model_copies
 
-    workers = max(1, min(len(prompts), workers or (2 if usable() >= 2 else 1)))
+    workers = max(1, min(len(prompts), workers or model_copies()))
     keys = list(prompts)
-    shares = [keys[i::workers] for i in range(workers)]
 
     def answer(share: list[str]) -> None:
         answerer = _Answerer(gguf, n_ctx)
@@ -106,7 +111,7 @@ def _answer_all(prompts: dict[str, list[dict]], gguf: Path, n_ctx: int, max_toke
             answerer.close()
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replay") as pool:
-        for done in [pool.submit(answer, share) for share in shares]:
+        for done in [pool.submit(answer, keys[i::workers]) for i in range(workers)]:
             done.result()
 
 
