@@ -1,7 +1,10 @@
 """Ask a GGUF file questions in this process through llama.cpp: greedy, as the servers answer.
 
 For files that are not served (each quantization type of a specialist, compared in answers);
-the chat template is the one the GGUF carries, as in the server.
+the chat template is the one the GGUF carries, as in the server, and the sampling is the
+server's: a benchmark request sets only max_tokens, temperature and seed, and llama-cpp-python's
+app fills in the rest from its request model's defaults (a repeat penalty of 1.1 where
+``Llama.create_chat_completion`` alone would apply none).
 """
 
 from __future__ import annotations
@@ -21,10 +24,25 @@ def messages_for(question: dict, system_prompt: str) -> list[dict]:
         [{"role": "user", "content": question["question"]}]
 
 
+SAMPLING_FIELDS = ("max_tokens", "temperature", "seed", "top_k", "top_p", "min_p", "repeat_penalty",
+                   "presence_penalty", "frequency_penalty", "mirostat_mode", "mirostat_tau", "mirostat_eta")
+
+
+def served_sampling(max_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
+    """The sampling arguments the server passes to ``create_chat_completion`` for a request that
+    sets only `max_tokens`, `temperature` and `seed` (the benchmark's): its request model's
+    defaults for every other field."""
+    from llama_cpp.server.types import CreateChatCompletionRequest
+
+    body = CreateChatCompletionRequest(messages=[{"role": "user", "content": ""}], max_tokens=max_tokens,
+                                       temperature=temperature, seed=seed)
+    return {field: getattr(body, field) for field in SAMPLING_FIELDS}
+
+
 def _sampling(question: dict) -> dict:
     # "runtime" keeps these apart from the server's replies in the cache: the server stops on
     # more end tokens than a bare Llama does, so the two may differ
-    return {"max_tokens": question["max_tokens"], "temperature": 0.0, "seed": 0, "runtime": "llama_cpp.Llama"}
+    return {**served_sampling(question["max_tokens"]), "runtime": "llama_cpp.Llama"}
 
 
 def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_ctx: int = 2048,
@@ -67,8 +85,7 @@ def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_c
     try:
         for question in todo:
             started = time.perf_counter()
-            data = llm.create_chat_completion(chat(question), temperature=0.0,
-                                              max_tokens=question["max_tokens"], seed=0)
+            data = llm.create_chat_completion(chat(question), **served_sampling(question["max_tokens"]))
             tokens = (data.get("usage") or {}).get("completion_tokens")
             out[question["id"]] = {"reply": data["choices"][0]["message"]["content"] or "",
                                    "latency_s": round(time.perf_counter() - started, 4),

@@ -286,3 +286,28 @@ def test_files_asked_from_several_threads_leave_the_process_able_to_print(tiny_g
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "still printing" and "and on stderr" in done.stderr
+
+
+def test_a_file_asked_in_this_process_answers_as_its_server_does(server, tiny_gguf):
+    """compare:<name> asks each quantized file in this process and says "as served": the server
+    fills in the sampling a request leaves out (a repeat penalty of 1.1) and so must this."""
+    from afs_build.evaluation.local import answer_all, messages_for, served_sampling
+    from afs_build.llamacpp import load
+
+    endpoint = Endpoint("tiny", f"http://127.0.0.1:{server}/v1", key="k" * 20)
+    asked = [{"id": f"q{i}", "question": text, "max_tokens": 48}
+             for i, text in enumerate(("Say it again and again: la la la", "Count from one to twenty."))]
+    served = {q["id"]: stream_chat(endpoint, messages_for(q, "Be brief."), sampling(48)) for q in asked}
+    assert all(a.ok and a.completion_tokens for a in served.values())
+    local = answer_all(tiny_gguf, asked, "Be brief.", n_ctx=256)
+    assert {k: a["reply"] for k, a in local.items()} == {k: a.reply for k, a in served.items()}
+    assert served_sampling(48)["repeat_penalty"] == 1.1
+    # and the setting matters: without the penalty this process answers otherwise
+    llm = load().Llama(model_path=str(tiny_gguf), n_ctx=256, verbose=False, seed=0)
+    try:
+        bare = {q["id"]: llm.create_chat_completion(messages_for(q, "Be brief."), temperature=0.0, seed=0,
+                                                    max_tokens=48)["choices"][0]["message"]["content"]
+                for q in asked}
+    finally:
+        llm.close()
+    assert bare != {k: a.reply for k, a in served.items()}
