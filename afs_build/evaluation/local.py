@@ -15,6 +15,7 @@ from typing import Mapping, Optional, Sequence
 
 from ..errors import StageError
 from ..llamacpp import LOADING
+from .runner import sampling
 
 
 def messages_for(question: dict, system_prompt: str) -> list[dict]:
@@ -28,21 +29,20 @@ SAMPLING_FIELDS = ("max_tokens", "temperature", "seed", "top_k", "top_p", "min_p
                    "presence_penalty", "frequency_penalty", "mirostat_mode", "mirostat_tau", "mirostat_eta")
 
 
-def served_sampling(max_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
-    """The sampling arguments the server passes to ``create_chat_completion`` for a request that
-    sets only `max_tokens`, `temperature` and `seed` (the benchmark's): its request model's
-    defaults for every other field."""
+def served_sampling(request: dict) -> dict:
+    """The sampling arguments the server passes to ``create_chat_completion`` for a request
+    carrying `request` (the benchmark's :func:`~afs_build.evaluation.runner.sampling`): those,
+    and its request model's defaults for every other field."""
     from llama_cpp.server.types import CreateChatCompletionRequest
 
-    body = CreateChatCompletionRequest(messages=[{"role": "user", "content": ""}], max_tokens=max_tokens,
-                                       temperature=temperature, seed=seed)
+    body = CreateChatCompletionRequest(messages=[{"role": "user", "content": ""}], **request)
     return {field: getattr(body, field) for field in SAMPLING_FIELDS}
 
 
 def _sampling(question: dict) -> dict:
     # "runtime" keeps these apart from the server's replies in the cache: the server stops on
     # more end tokens than a bare Llama does, so the two may differ
-    return {**served_sampling(question["max_tokens"]), "runtime": "llama_cpp.Llama"}
+    return {**served_sampling(sampling(question["max_tokens"])), "runtime": "llama_cpp.Llama"}
 
 
 def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_ctx: int = 2048,
@@ -85,7 +85,7 @@ def answer_all(gguf: Path, questions: Sequence[dict], system_prompt: str, *, n_c
     try:
         for question in todo:
             started = time.perf_counter()
-            data = llm.create_chat_completion(chat(question), **served_sampling(question["max_tokens"]))
+            data = llm.create_chat_completion(chat(question), **served_sampling(sampling(question["max_tokens"])))
             tokens = (data.get("usage") or {}).get("completion_tokens")
             out[question["id"]] = {"reply": data["choices"][0]["message"]["content"] or "",
                                    "latency_s": round(time.perf_counter() - started, 4),

@@ -71,7 +71,8 @@ def tasks(manifest: Manifest) -> Iterator[dict]:
         yield task(f"{NAME}:{spec.name}", f"Compare {spec.title} with its base {spec.base!r} on the same questions.",
                    run, manifest, spec.name,
                    file_dep=deps + code_files("stages/compare.py", "evaluation/compare.py",
-                                              "evaluation/stats.py", "evaluation/local.py"),
+                                              "evaluation/stats.py", "evaluation/local.py",
+                                              "evaluation/runner.py"),
                    task_dep=task_dep, targets=[files.report, files.base_results, files.quant_results],
                    uptodate=[SliceChanged(f"eval comparison ({spec.name})", compare_slice(manifest, spec.name))])
 

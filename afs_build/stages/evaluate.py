@@ -21,7 +21,7 @@ from .common import action, task
 
 NAME = "eval"
 CODE = ("stages/evaluate.py", "evaluation/benchmark.py", "evaluation/grading.py", "evaluation/sandbox.py",
-        "evaluation/client.py", "evaluation/suite.py")
+        "evaluation/client.py", "evaluation/runner.py", "evaluation/suite.py")
 
 
 def eval_slice(manifest: Manifest, name: str) -> dict:

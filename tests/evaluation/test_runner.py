@@ -301,7 +301,7 @@ def test_a_file_asked_in_this_process_answers_as_its_server_does(server, tiny_gg
     assert all(a.ok and a.completion_tokens for a in served.values())
     local = answer_all(tiny_gguf, asked, "Be brief.", n_ctx=256)
     assert {k: a["reply"] for k, a in local.items()} == {k: a.reply for k, a in served.items()}
-    assert served_sampling(48)["repeat_penalty"] == 1.1
+    assert served_sampling(sampling(48))["repeat_penalty"] == 1.1
     # and the setting matters: without the penalty this process answers otherwise
     llm = load().Llama(model_path=str(tiny_gguf), n_ctx=256, verbose=False, seed=0)
     try:
